@@ -1,0 +1,53 @@
+# Two commands do all set-up on a fresh machine:
+#   make run    create .venv if missing, install, serve on ${PORT:-9090} with the embedded model
+#   make test   the same set-up (+ Label Studio in its own venv), then every test, real services included
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+LS_VENV := .venv-ls
+PORT ?= 9090
+LABEL_STUDIO_VERSION := 1.23.2
+
+.PHONY: run test unit bench install install-dev label-studio clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+
+# Reinstall only when requirements change (the stamp records the last successful install).
+$(VENV)/.installed: requirements.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install --progress-bar off -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --progress-bar off -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+# Label Studio lives in its own venv: its Django pins conflict with a current ML stack.
+$(LS_VENV)/.installed:
+	$(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/pip install --progress-bar off label-studio==$(LABEL_STUDIO_VERSION)
+	touch $@
+
+label-studio: $(LS_VENV)/.installed
+
+run: install
+	PORT=$(PORT) $(VENV)/bin/gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app
+
+# Unit tests only: seconds, no model, no services.
+unit: install-dev
+	$(VENV)/bin/python -m pytest tests/unit -q
+
+test: install-dev label-studio
+	bash scripts/run_tests.sh
+
+bench: install-dev
+	bash scripts/run_benchmarks.sh
+
+clean:
+	rm -rf $(VENV) $(LS_VENV) .ls-data .pytest_cache

@@ -1,0 +1,103 @@
+"""HTTP views: translate Label Studio's requests to `LLMBackend` calls and back, nothing more.
+
+Endpoints and shapes follow Label Studio 1.23's ML backend protocol
+(see ../shared/LABEL_STUDIO_NOTES.md): /health, /setup, /predict, /webhook, /train, /versions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from ml_backend.errors import BadRequest
+from ml_backend.model import LLMBackend
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("ml_backend", __name__)
+
+
+def _backend() -> LLMBackend:
+    return current_app.extensions["llm_backend"]
+
+
+def _json_object() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if body is None:
+        raise BadRequest(
+            "The request body is not valid JSON.",
+            hint="Send a JSON object with Content-Type: application/json.",
+        )
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.", hint=f"Got {type(body).__name__}.")
+    return body
+
+
+@bp.get("/health")
+@bp.get("/")
+def health():
+    backend = _backend()
+    return jsonify(
+        {
+            "status": "UP",
+            "model_class": type(backend).__name__,
+            "model_loaded": backend.model_loaded,
+        }
+    )
+
+
+@bp.post("/setup")
+def setup():
+    body = _json_object()
+    schema = body.get("schema")
+    if not isinstance(schema, str):
+        raise BadRequest("'schema' (the labeling config XML) is missing.", hint="Label Studio sends it on connect.")
+    extra_params = body.get("extra_params")
+    if extra_params is not None and not isinstance(extra_params, dict):
+        extra_params = None  # Label Studio may send a string; only an object carries settings
+    version = _backend().setup(body.get("project"), schema, extra_params)
+    return jsonify({"model_version": version})
+
+
+@bp.post("/predict")
+def predict():
+    body = _json_object()
+    tasks = body.get("tasks")
+    if tasks is None:
+        raise BadRequest("'tasks' is missing.", hint='Send {"tasks": [{"id": 1, "data": {"text": "..."}}], ...}.')
+    if not isinstance(tasks, list) or not all(isinstance(task, dict) for task in tasks):
+        raise BadRequest("'tasks' must be a list of task objects.", hint="Each task is a JSON object with 'data'.")
+    label_config = body.get("label_config")
+    if label_config is not None and not isinstance(label_config, str):
+        raise BadRequest("'label_config' must be the labeling config XML string.")
+    params = body.get("params") if isinstance(body.get("params"), dict) else {}
+    results, version = _backend().predict(
+        tasks, params.get("context"), project=body.get("project"), label_config=label_config
+    )
+    return jsonify({"results": results, "model_version": version})
+
+
+@bp.post("/webhook")
+def webhook():
+    body = _json_object()
+    action = body.get("action")
+    if not isinstance(action, str):
+        raise BadRequest("'action' is missing.", hint="Label Studio webhooks carry an 'action' field.")
+    outcome = _backend().fit(action, body)
+    return jsonify({"action": action, **outcome}), 200
+
+
+@bp.post("/train")
+def train():
+    """Legacy alias: older Label Studio versions and scripts POST here to start training."""
+    body = request.get_json(silent=True)
+    body = body if isinstance(body, dict) else {}
+    outcome = _backend().fit("START_TRAINING", body)
+    return jsonify({"action": "START_TRAINING", **outcome}), 200
+
+
+@bp.get("/versions")
+def versions():
+    return jsonify({"versions": _backend().versions(request.args.get("project"))})

@@ -1,0 +1,76 @@
+"""The one settings object, built from environment variables.
+
+Every knob of the service lives here so that a reader can see in one place what
+can be configured; the README's settings table mirrors this class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "default"  # the Qwen2.5-Coder-0.5B-Instruct GGUF shipped in PyPI wheels
+
+
+class Settings(BaseSettings):
+    """Service configuration (env vars are the upper-case field names)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- LLM -----------------------------------------------------------------
+    llm_runtime: Literal["llama_cpp", "transformers"] = Field(
+        "llama_cpp", description="Which in-process runtime scores labels."
+    )
+    llm_model: str = Field(
+        DEFAULT_MODEL,
+        description="'default' (embedded Qwen2.5-Coder-0.5B GGUF), a path to a .gguf file, "
+        "or a local Hugging Face checkpoint directory (transformers runtime).",
+    )
+    llm_gguf_file: str | None = Field(
+        None, description="With the transformers runtime: a GGUF file name inside LLM_MODEL's directory."
+    )
+    llm_device: str = Field("cpu", description="transformers device (cpu, cuda).")
+    llm_threads: int = Field(2, ge=1, description="CPU threads for llama.cpp.")
+    llm_n_ctx: int = Field(2048, ge=256, description="Context window in tokens (prefix + task + label).")
+    llm_batch_size: int = Field(8, ge=1, description="Tasks scored per progress step / transformers batch.")
+    max_text_tokens: int = Field(
+        256, ge=8, description="Task text is truncated to this many tokens (a warning is logged)."
+    )
+    scoring_mode: Literal["full_sequence", "first_token"] = Field(
+        "full_sequence",
+        description="full_sequence: probability of each label's whole token sequence; "
+        "first_token: LabelFast-style probability of the first token only.",
+    )
+    bias_calibration: Literal["none", "content_free", "prior_matching"] = Field(
+        "content_free",
+        description="Correct the model's label prior without labels (see README).",
+    )
+    instruction: str | None = Field(
+        None, description="Project-independent labeling instruction prepended to every prompt."
+    )
+    instruction_file: Path | None = Field(
+        None, description="A file holding the instruction (read once at start-up)."
+    )
+
+    # --- Label Studio ----------------------------------------------------------
+    label_studio_url: str | None = Field(None, description="Label Studio base URL for API calls.")
+    label_studio_api_key: str | None = Field(None, description="Label Studio legacy API token.")
+
+    # --- Storage, logging, auth ---------------------------------------------------
+    model_dir: Path = Field(Path("model_store"), description="Per-project state (versions, calibration).")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "ls-llm-backend",
+        description="Where the embedded default GGUF is assembled once.",
+    )
+    log_level: str = Field("INFO", description="Python log level.")
+    basic_auth_user: str | None = Field(None, description="If set with BASIC_AUTH_PASS, require HTTP basic auth.")
+    basic_auth_pass: str | None = Field(None, description="Password for BASIC_AUTH_USER.")
+
+    def resolved_instruction(self) -> str | None:
+        """The instruction from INSTRUCTION_FILE wins over INSTRUCTION: a file is what users iterate on."""
+        if self.instruction_file is not None:
+            return self.instruction_file.read_text(encoding="utf-8").strip() or None
+        return self.instruction

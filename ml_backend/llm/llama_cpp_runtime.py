@@ -1,0 +1,208 @@
+"""llama.cpp runtime (llama-cpp-python): the fast CPU default.
+
+How one task is scored, in a single `llama_decode` call:
+
+* The shared prompt prefix sits in the KV cache at positions [0, P), belonging to every
+  sequence id (a unified KV cache lets one cell belong to many sequences).
+* The task's tokens are added at positions [P, P+T), also in every sequence.
+* Each continuation c (a label, a yes/no answer, ...) is sequence c. Continuations are merged
+  into a prefix tree; each tree node is one batch token at position P+T+depth that belongs to
+  the sequences of all continuations passing through it. So a label only attends to the prefix,
+  the task and its own earlier tokens, and labels sharing leading tokens share their evaluation.
+* Afterwards every position ≥ P is removed again; the prefix stays cached for the next task.
+
+So scoring all labels costs one forward pass over T + (number of non-leaf tree nodes) tokens,
+against T for merely reading the task (the benchmark's floor).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals as internals
+
+from ml_backend.llm.base import ContinuationTrie, LLMRuntime, ProgressCallback, log_sum_exp
+from ml_backend.llm.prompts import ChatFormat
+
+log = logging.getLogger(__name__)
+
+
+class LlamaCppRuntime(LLMRuntime):
+    """Loads a GGUF once per process; thread-safe (one scoring call at a time)."""
+
+    def __init__(self, model_path: Path, *, n_ctx: int = 2048, n_threads: int = 2, name: str | None = None):
+        self.model_path = Path(model_path)
+        self.name = name or self.model_path.stem
+        llama_cpp.llama_backend_init()
+        model_params = llama_cpp.llama_model_default_params()
+        self._model = internals.LlamaModel(path_model=str(self.model_path), params=model_params, verbose=False)
+        self._max_sequences = int(llama_cpp.llama_max_parallel_sequences())
+        context_params = llama_cpp.llama_context_default_params()
+        context_params.n_ctx = n_ctx
+        context_params.n_batch = n_ctx  # one decode call may hold a whole prompt
+        context_params.n_ubatch = min(512, n_ctx)
+        context_params.n_threads = n_threads
+        context_params.n_threads_batch = n_threads
+        context_params.n_seq_max = self._max_sequences
+        context_params.kv_unified = True  # one KV cell shared by all sequences of the prefix
+        context_params.no_perf = True
+        self._context = internals.LlamaContext(model=self._model, params=context_params, verbose=False)
+        self._n_ctx = n_ctx
+        self._n_vocab = self._model.n_vocab()
+        self._batch = internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=self._max_sequences, verbose=False)
+        self._cached_prefix: list[int] = []
+        self._lock = threading.Lock()
+        metadata = self._model.metadata()
+        self._chat_format = ChatFormat(
+            template=metadata.get("tokenizer.chat_template"),
+            bos_token=self._piece(self._model.token_bos()),
+            eos_token=self._piece(self._model.token_eos()),
+        )
+
+    # --- tokens ---------------------------------------------------------------------
+    def _piece(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._model.token_to_piece(token, special=True).decode("utf-8", errors="ignore")
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        if not text:
+            return []
+        return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def prefix_tokens(self, prefix: str) -> list[int]:
+        return self._model.tokenize(prefix.encode("utf-8"), add_bos=True, special=True)
+
+    @property
+    def chat_format(self) -> ChatFormat:
+        return self._chat_format
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    # --- scoring ---------------------------------------------------------------------
+    def score_continuations(
+        self,
+        prefix: Sequence[int],
+        tasks: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        scores = np.zeros((len(tasks), len(continuations)), dtype=np.float64)
+        groups = [
+            list(range(start, min(start + self._max_sequences, len(continuations))))
+            for start in range(0, len(continuations), self._max_sequences)
+        ]
+        tries = [ContinuationTrie.build([continuations[c] for c in group]) for group in groups]
+        with self._lock:
+            self._ensure_prefix(list(prefix))
+            for task_index, task_tokens in enumerate(tasks):
+                if not task_tokens:
+                    raise ValueError(f"task {task_index} has no tokens")
+                for group, trie in zip(groups, tries):
+                    scores[task_index, group] = self._score_one(task_tokens, trie)
+                if progress is not None:
+                    progress(1)
+        return scores
+
+    def forward_only(self, prefix: Sequence[int], tasks: Sequence[Sequence[int]]) -> None:
+        with self._lock:
+            self._ensure_prefix(list(prefix))
+            start = len(self._cached_prefix)
+            for task_tokens in tasks:
+                self._fill_batch(task_tokens, start, n_sequences=1, trie=None)
+                self._context.decode(self._batch)
+                self._context.kv_cache_seq_rm(-1, start, -1)
+
+    def _ensure_prefix(self, prefix: list[int]) -> None:
+        """Keep the longest common part of the cached prefix; evaluate only the rest."""
+        if not prefix:
+            raise ValueError("the prompt prefix is empty")
+        common = 0
+        for cached, new in zip(self._cached_prefix, prefix):
+            if cached != new:
+                break
+            common += 1
+        if common == len(prefix) == len(self._cached_prefix):
+            return
+        common = min(common, len(prefix) - 1)  # always re-evaluate ≥ 1 token
+        self._context.kv_cache_seq_rm(-1, common, -1)
+        remaining = prefix[common:]
+        if len(prefix) >= self._n_ctx:
+            raise ValueError(f"prompt prefix ({len(prefix)} tokens) does not fit the context ({self._n_ctx})")
+        batch = self._batch.batch
+        batch.n_tokens = len(remaining)
+        for i, token in enumerate(remaining):
+            batch.token[i] = token
+            batch.pos[i] = common + i
+            batch.n_seq_id[i] = self._max_sequences
+            for seq in range(self._max_sequences):
+                batch.seq_id[i][seq] = seq
+            batch.logits[i] = i == len(remaining) - 1
+        self._context.decode(self._batch)
+        self._cached_prefix = list(prefix)
+
+    def _fill_batch(
+        self, task_tokens: Sequence[int], start: int, *, n_sequences: int, trie: ContinuationTrie | None
+    ) -> list[int]:
+        """Put task tokens and the trie's non-leaf nodes into the batch; return each node's batch row."""
+        batch = self._batch.batch
+        n_task = len(task_tokens)
+        node_rows = [-1] * (len(trie.nodes) if trie else 0)
+        row = 0
+        for i, token in enumerate(task_tokens):
+            batch.token[row] = token
+            batch.pos[row] = start + i
+            batch.n_seq_id[row] = n_sequences
+            for seq in range(n_sequences):
+                batch.seq_id[row][seq] = seq
+            batch.logits[row] = i == n_task - 1
+            row += 1
+        if trie is not None:
+            for node, (token, _parent, depth) in enumerate(trie.nodes):
+                if not trie.has_children[node]:
+                    continue  # a leaf's own token is scored from its parent's logits
+                members = trie.members[node]
+                batch.token[row] = token
+                batch.pos[row] = start + n_task + depth
+                batch.n_seq_id[row] = len(members)
+                for j, seq in enumerate(members):
+                    batch.seq_id[row][j] = seq
+                batch.logits[row] = True
+                node_rows[node] = row
+                row += 1
+        if start + row > self._n_ctx:
+            raise ValueError("prompt + task + labels exceed the context window; lower MAX_TEXT_TOKENS")
+        batch.n_tokens = row
+        return node_rows
+
+    def _score_one(self, task_tokens: Sequence[int], trie: ContinuationTrie) -> np.ndarray:
+        start = len(self._cached_prefix)
+        n_sequences = len(trie.leaf_of)
+        node_rows = self._fill_batch(task_tokens, start, n_sequences=n_sequences, trie=trie)
+        try:
+            self._context.decode(self._batch)
+            last_task_row = len(task_tokens) - 1
+            log_normalizers: dict[int, tuple[np.ndarray, float]] = {}
+            node_logprob: dict[int, float] = {}
+            for node, (token, parent, _depth) in enumerate(trie.nodes):
+                source_row = last_task_row if parent < 0 else node_rows[parent]
+                if source_row not in log_normalizers:
+                    logits = np.ctypeslib.as_array(
+                        llama_cpp.llama_get_logits_ith(self._context.ctx, source_row), shape=(self._n_vocab,)
+                    ).astype(np.float64)
+                    log_normalizers[source_row] = (logits, log_sum_exp(logits))
+                logits, normalizer = log_normalizers[source_row]
+                node_logprob[node] = float(logits[token] - normalizer)
+            return np.array(
+                [sum(node_logprob[n] for n in trie.path(leaf)) for leaf in trie.leaf_of], dtype=np.float64
+            )
+        finally:
+            self._context.kv_cache_seq_rm(-1, start, -1)

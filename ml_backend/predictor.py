@@ -1,0 +1,233 @@
+"""Tasks → Label Studio predictions, always one per task, in order.
+
+Path of a request: LabelSpec (parsed config) → per target: prompt parts → continuation
+token lists → one batched `score_continuations` call → label probabilities → bias
+correction → regions and a score per task.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ml_backend import calibration
+from ml_backend.label_config import LabelSpec, Target
+from ml_backend.llm.base import LLMRuntime, ProgressCallback
+from ml_backend.llm.prompts import Demonstration, ScoringPrompt, build_scoring_prompt, yes_no_question
+from ml_backend.scoring import label_probabilities, multi_choice_prediction, single_choice_prediction, yes_probabilities
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN_CAP = 16  # pre-cut huge texts before tokenizing: no token is longer than this many chars
+
+
+@dataclass(frozen=True)
+class PredictionOptions:
+    scoring_mode: str = "full_sequence"  # or "first_token"
+    bias_calibration: str = "content_free"  # "none" | "content_free"
+    max_text_tokens: int = 256
+    instruction: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetScores:
+    """Per-label probabilities of one target for a list of texts (None = text missing)."""
+
+    target: Target
+    probabilities: list[np.ndarray | None]
+
+
+def task_text(task: dict[str, Any], target: Target) -> str | None:
+    """The text a target reads from a task, or None if absent / not a non-empty string."""
+    data = task.get("data") if isinstance(task, dict) else None
+    if not isinstance(data, dict):
+        return None
+    value = data.get(target.data_key)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value
+
+
+def html_to_text(markup: str) -> str:
+    """HyperText objects hold HTML; the model reads the visible text."""
+    without_tags = re.sub(r"<(script|style)\b.*?</\1>|<[^>]+>", " ", markup, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html.unescape(without_tags)).strip()
+
+
+class LabelScorer:
+    """Turns texts into label probabilities for one target; caches content-free calibration."""
+
+    def __init__(self, runtime: LLMRuntime, options: PredictionOptions) -> None:
+        self.runtime = runtime
+        self.options = options
+        self._content_free: dict[tuple, np.ndarray] = {}
+
+    # --- building blocks --------------------------------------------------------------
+    def prompt(self, target: Target, demonstrations: Sequence[Demonstration] = ()) -> ScoringPrompt:
+        return build_scoring_prompt(
+            self.runtime.chat_format, target, instruction=self.options.instruction, demonstrations=demonstrations
+        )
+
+    def continuations(self, target: Target, prompt: ScoringPrompt) -> list[list[int]]:
+        """Token lists to score after the task text.
+
+        Single choice: lead + label (+ first token of the answer's end in full_sequence mode;
+        only the label's first token in first_token mode). Multiple choice: for each label,
+        question + lead + "yes" and question + lead + "no" (interleaved: yes_0, no_0, yes_1, ...).
+        """
+        tokenize = self.runtime.tokenize
+        if target.multiple:
+            result = []
+            for option in target.options:
+                prompt_text = yes_no_question(option.prompt_name) + prompt.answer_lead
+                result.append(tokenize(prompt_text + "yes", special=True))
+                result.append(tokenize(prompt_text + "no", special=True))
+            return result
+        end_tokens = tokenize(prompt.answer_end, special=True)[:1]
+        n_lead = len(tokenize(prompt.answer_lead, special=True))
+        result = []
+        for option in target.options:
+            tokens = tokenize(prompt.answer_lead + option.prompt_name, special=True)
+            if self.options.scoring_mode == "first_token":
+                tokens = tokens[: n_lead + 1]
+            else:
+                tokens = tokens + end_tokens
+            result.append(tokens)
+        return result
+
+    def task_tokens(self, text: str, *, task_id: Any = None) -> list[int]:
+        limit = self.options.max_text_tokens
+        tokens = self.runtime.tokenize(text[: limit * CHARS_PER_TOKEN_CAP], special=False)
+        if len(tokens) > limit:
+            log.warning(
+                "event=text_truncated task=%s tokens=%d max_text_tokens=%d", task_id, len(tokens), limit
+            )
+            tokens = tokens[:limit]
+        return tokens
+
+    # --- scoring ---------------------------------------------------------------------
+    def raw_probabilities(
+        self,
+        target: Target,
+        token_lists: Sequence[list[int]],
+        *,
+        demonstrations: Sequence[Demonstration] = (),
+        progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Uncorrected probabilities, shape (n, n_labels): a distribution (single) or P(yes) (multiple)."""
+        prompt = self.prompt(target, demonstrations)
+        prefix = self.runtime.prefix_tokens(prompt.prefix)
+        continuations = self.continuations(target, prompt)
+        logprobs = self.runtime.score_continuations(prefix, token_lists, continuations, progress=progress)
+        if target.multiple:
+            return yes_probabilities(logprobs[:, 0::2], logprobs[:, 1::2])
+        return label_probabilities(logprobs)
+
+    def probabilities(
+        self,
+        target: Target,
+        texts: Sequence[str],
+        *,
+        demonstrations: Sequence[Demonstration] = (),
+        progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Bias-corrected probabilities for non-empty texts, shape (len(texts), n_labels)."""
+        token_lists = [self.task_tokens(text) for text in texts]
+        raw = self.raw_probabilities(target, token_lists, demonstrations=demonstrations, progress=progress)
+        if self.options.bias_calibration != "content_free":
+            return raw
+        content_free = self.content_free_probabilities(target, demonstrations)
+        return self._correct(target, raw, content_free)
+
+    def content_free_probabilities(self, target: Target, demonstrations: Sequence[Demonstration] = ()) -> np.ndarray:
+        key = (target, tuple(demonstrations), self.options)
+        if key not in self._content_free:
+            token_lists = [self.runtime.tokenize(text, special=False) for text in calibration.CONTENT_FREE_INPUTS]
+            self._content_free[key] = self.raw_probabilities(target, token_lists, demonstrations=demonstrations)
+        return self._content_free[key]
+
+    @staticmethod
+    def _correct(target: Target, raw: np.ndarray, content_free: np.ndarray) -> np.ndarray:
+        if not target.multiple:
+            return calibration.contextual_calibration(raw, content_free)
+        corrected = np.empty_like(raw)
+        for label in range(raw.shape[1]):
+            as_pairs = np.stack([raw[:, label], 1.0 - raw[:, label]], axis=1)
+            cf_pairs = np.stack([content_free[:, label], 1.0 - content_free[:, label]], axis=1)
+            corrected[:, label] = calibration.contextual_calibration(as_pairs, cf_pairs)[:, 0]
+        return corrected
+
+
+def predict_tasks(
+    scorer: LabelScorer,
+    spec: LabelSpec,
+    tasks: Sequence[dict[str, Any]],
+    *,
+    model_version: str,
+    project_id: str | None = None,
+    demonstrations_for: Callable[[Target], Sequence[Demonstration]] | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[dict[str, Any]]:
+    """One Label Studio prediction per task, same order; tasks without text get an empty result."""
+    per_target = []
+    for target in spec.classification_targets:
+        texts = [task_text(task, target) for task in tasks]
+        if target.object_tag == "HyperText":
+            texts = [html_to_text(t) if t is not None else None for t in texts]
+        present = [i for i, t in enumerate(texts) if t is not None]
+        probabilities: list[np.ndarray | None] = [None] * len(tasks)
+        if present:
+            demos = demonstrations_for(target) if demonstrations_for else ()
+            scored = scorer.probabilities(target, [texts[i] for i in present], demonstrations=demos, progress=progress)
+            for row, task_index in enumerate(present):
+                probabilities[task_index] = scored[row]
+        per_target.append(TargetScores(target=target, probabilities=probabilities))
+
+    predictions = []
+    for index, task in enumerate(tasks):
+        regions, scores = [], []
+        for target_scores in per_target:
+            probs = target_scores.probabilities[index]
+            if probs is None:
+                continue
+            region, score = _choices_region(target_scores.target, probs)
+            regions.append(region)
+            scores.append(score)
+        if not regions:
+            log.warning(
+                "event=task_without_text project=%s task=%s model_version=%s",
+                project_id,
+                task.get("id") if isinstance(task, dict) else None,
+                model_version,
+            )
+        predictions.append(
+            {
+                "result": regions,
+                # The weakest part decides whether the whole pre-annotation is right.
+                "score": float(min(scores)) if scores else 0.0,
+                "model_version": model_version,
+            }
+        )
+    return predictions
+
+
+def _choices_region(target: Target, probabilities: np.ndarray) -> tuple[dict[str, Any], float]:
+    if target.multiple:
+        chosen, score = multi_choice_prediction(probabilities)
+        choices = [target.options[i].result_value for i in chosen]
+    else:
+        best, score = single_choice_prediction(probabilities)
+        choices = [target.options[best].result_value]
+    region = {
+        "from_name": target.from_name,
+        "to_name": target.to_name,
+        "type": "choices",
+        "value": {"choices": choices},
+        "score": score,
+    }
+    return region, score

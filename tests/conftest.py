@@ -1,0 +1,101 @@
+"""Shared fixtures: paths to ../shared, a keyword-driven fake LLM runtime for unit tests, apps."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from ml_backend.llm.base import LLMRuntime
+from ml_backend.llm.prompts import ChatFormat
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("SHARED_DIR", REPO_ROOT / ".." / "shared")).resolve()
+LABELING_CONFIGS = REPO_ROOT / "labeling_configs"
+
+QWEN_LIKE_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared; skip the test if it is absent, except under CI where that is a failure."""
+    path = SHARED_DIR.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing: CI must run with ../shared beside the checkout")
+        pytest.skip(f"{path} not found (set SHARED_DIR to the shared folder)")
+    return path
+
+
+def load_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                rows.append(json.loads(line))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+class KeywordRuntime(LLMRuntime):
+    """A fake LLM for unit tests: tokens are code points; a continuation's log-probability is
+    higher the more often its last word occurs in the task text. Deterministic and instant."""
+
+    name = "keyword-fake"
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        return [ord(ch) for ch in text]
+
+    def prefix_tokens(self, prefix: str) -> list[int]:
+        return [ord(ch) for ch in prefix]
+
+    @property
+    def chat_format(self) -> ChatFormat:
+        return ChatFormat(template=QWEN_LIKE_TEMPLATE)
+
+    def score_continuations(self, prefix, tasks, continuations, *, progress=None) -> np.ndarray:
+        self.calls.append({"n_tasks": len(tasks), "n_continuations": len(continuations)})
+        scores = np.zeros((len(tasks), len(continuations)))
+        for i, task in enumerate(tasks):
+            text = "".join(chr(t) for t in task).lower()
+            for j, cont in enumerate(continuations):
+                words = "".join(chr(t) for t in cont).replace("<|im_end|>", " ").split()
+                word = words[-1].lower() if words else ""
+                scores[i, j] = -2.0 + 1.5 * text.count(word) if word else -5.0
+            if progress:
+                progress(1)
+        return scores
+
+
+@pytest.fixture
+def keyword_runtime() -> KeywordRuntime:
+    return KeywordRuntime()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from ml_backend.config import Settings
+
+    return Settings(model_dir=tmp_path / "store", bias_calibration="none", cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def app(settings, keyword_runtime):
+    from ml_backend.app import create_app
+
+    return create_app(settings, runtime_loader=lambda: keyword_runtime)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,178 @@
+"""Real services for integration tests: the default model, our backend as a real server, Label Studio.
+
+Each is started by these fixtures (once per test session) from what `make test` installed;
+nothing is mocked here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import REPO_ROOT
+
+LS_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+LS_USER = "admin@example.com"
+LS_PASSWORD = "admin12345"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a local developer lacks a service; under CI a missing service is a failure."""
+    if condition:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, *, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {process.returncode}")
+        try:
+            if check():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("CACHE_DIR", Path.home() / ".cache" / "ls-llm-backend"))
+
+
+@pytest.fixture(scope="session")
+def default_model_path(model_cache_dir) -> Path:
+    from ml_backend.llm.default_model import DefaultModelMissing, ensure_default_model
+
+    try:
+        return ensure_default_model(model_cache_dir)
+    except DefaultModelMissing as exc:
+        require(False, str(exc))
+
+
+@pytest.fixture(scope="session")
+def llama_runtime(default_model_path):
+    from ml_backend.llm.llama_cpp_runtime import LlamaCppRuntime
+
+    return LlamaCppRuntime(default_model_path, n_ctx=2048, n_threads=2, name="qwen-default")
+
+
+@pytest.fixture(scope="session")
+def backend_server(tmp_path_factory, default_model_path, model_cache_dir):
+    """Our backend under gunicorn, the way `make run` starts it, with the embedded default model."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("backend") / "backend.log"
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+        "MODEL_DIR": str(tmp_path_factory.mktemp("model_store")),
+        "CACHE_DIR": str(model_cache_dir),
+    }
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--config", "ml_backend/gunicorn_conf.py", "ml_backend.wsgi:app"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: requests.get(f"{url}/health", timeout=2).json().get("model_loaded"),
+            timeout=180,
+            what="backend",
+            process=process,
+        )
+        yield url
+    except Exception:
+        print(log_path.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio 1.23.2 on SQLite, started from the .venv-ls that `make test` installs."""
+    external = os.environ.get("LABEL_STUDIO_TEST_URL")
+    if external:
+        yield external
+        return
+    binary = REPO_ROOT / ".venv-ls" / "bin" / "label-studio"
+    require(binary.exists(), f"{binary} missing: run `make label-studio` (make test does)")
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("ls-data")
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+        "LABEL_STUDIO_USERNAME": LS_USER,
+        "LABEL_STUDIO_PASSWORD": LS_PASSWORD,
+        "LABEL_STUDIO_USER_TOKEN": LS_TOKEN,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+        # Label Studio's SSRF guard rejects backends and webhooks on loopback without this.
+        "USE_DEFAULT_BANNED_SUBNETS": "false",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+    }
+    env.pop("VIRTUAL_ENV", None)
+    env.pop("HOST", None)  # Label Studio reads HOST as its public URL
+    log_path = data_dir / "label-studio.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [str(binary), "start", "--no-browser", "--port", str(port), "--host", "127.0.0.1"],
+            cwd=data_dir,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: requests.get(f"{url}/health", timeout=2).status_code == 200,
+            timeout=400,
+            what="Label Studio",
+            process=process,
+        )
+        yield url
+    except Exception:
+        print(log_path.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def ls_client(label_studio):
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=label_studio, api_key=LS_TOKEN)

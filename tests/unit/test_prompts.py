@@ -1,0 +1,37 @@
+from ml_backend.label_config import parse_label_config
+from ml_backend.llm.base import ContinuationTrie
+from ml_backend.llm.prompts import ChatFormat, Demonstration, build_scoring_prompt
+from tests.conftest import LABELING_CONFIGS, QWEN_LIKE_TEMPLATE
+
+TOPIC = parse_label_config((LABELING_CONFIGS / "topic_en.xml").read_text()).targets[0]
+
+
+def test_chat_prompt_is_cut_around_the_task_text():
+    prompt = build_scoring_prompt(
+        ChatFormat(QWEN_LIKE_TEMPLATE), TOPIC, demonstrations=[Demonstration("Stocks fell.", ("Business",))]
+    )
+    assert prompt.prefix.startswith("<|im_start|>system\n")
+    assert "- Sci/Tech: Science" in prompt.prefix
+    assert prompt.prefix.endswith("<|im_start|>assistant\nBusiness<|im_end|>\n<|im_start|>user\n")
+    assert prompt.answer_lead == "<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt.answer_end.startswith("<|im_end|>")
+
+
+def test_instruction_replaces_the_default_one():
+    prompt = build_scoring_prompt(ChatFormat(QWEN_LIKE_TEMPLATE), TOPIC, instruction="Label news by section.")
+    assert "Label news by section." in prompt.prefix
+    assert "Classify the text" not in prompt.prefix
+
+
+def test_plain_format_for_base_models():
+    prompt = build_scoring_prompt(ChatFormat(None), TOPIC)
+    assert prompt.prefix.endswith("Text: ")
+    assert prompt.answer_lead == "\nLabel: "
+
+
+def test_trie_shares_leading_tokens():
+    trie = ContinuationTrie.build([[1, 2, 3], [1, 2, 4], [1, 5]])
+    assert len(trie.nodes) == 5  # 1, 2, 3, 4, 5
+    assert [trie.nodes[n][0] for n in trie.path(trie.leaf_of[1])] == [1, 2, 4]
+    assert sorted(trie.members[0]) == [0, 1, 2]
+    assert trie.has_children[0] and not trie.has_children[trie.leaf_of[2]]
