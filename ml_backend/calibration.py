@@ -68,17 +68,45 @@ def em_label_prior(
     return prior
 
 
-def prior_matching(
-    probabilities: np.ndarray, unlabeled_mean: np.ndarray, *, estimate_prior: bool = False
+def matching_bias(
+    unlabeled_probabilities: np.ndarray,
+    target_prior: np.ndarray | None = None,
+    *,
+    max_iterations: int = 200,
+    tolerance: float = 1e-6,
 ) -> np.ndarray:
-    """Correct probabilities so the unlabeled tasks' predicted labels are balanced (or EM-prior).
+    """The label bias w such that dividing it out makes the mean prediction equal `target_prior`.
 
-    unlabeled_mean: `mean_prediction` of the raw probabilities over the project's unlabeled tasks.
-    With estimate_prior=True the EM prior is computed from `probabilities` themselves and
-    multiplied back in, so a genuinely imbalanced project keeps its imbalance.
+    Fixed point of w ← w · mean(normalize(p / w)) / target. One step is the plain "divide by
+    the mean prediction"; iterating makes the corrected mean match the target exactly.
+    unlabeled_probabilities: shape (n_tasks, n_labels); target_prior defaults to uniform.
     """
-    balanced = divide_out_prior(probabilities, unlabeled_mean)
+    probabilities = np.asarray(unlabeled_probabilities, dtype=np.float64)
+    n_labels = probabilities.shape[1]
+    target = np.full(n_labels, 1.0 / n_labels) if target_prior is None else np.asarray(target_prior, dtype=np.float64)
+    bias = mean_prediction(probabilities)
+    for _ in range(max_iterations):
+        corrected_mean = mean_prediction(divide_out_prior(probabilities, bias))
+        if np.max(np.abs(corrected_mean - target)) < tolerance:
+            break
+        bias = bias * corrected_mean / target
+        bias = bias / bias.sum()
+    return bias
+
+
+def prior_matching(
+    probabilities: np.ndarray, unlabeled_probabilities: np.ndarray, *, estimate_prior: bool = False
+) -> np.ndarray:
+    """Correct probabilities so the project's unlabeled tasks get balanced labels (or an EM prior).
+
+    unlabeled_probabilities: the raw probabilities of the project's unlabeled tasks (may be the
+    same array as `probabilities`). With estimate_prior=True the label prior is re-estimated by
+    EM from the balanced posteriors and multiplied back in, so a genuinely imbalanced project
+    keeps its imbalance.
+    """
+    bias = matching_bias(unlabeled_probabilities)
+    balanced = divide_out_prior(probabilities, bias)
     if not estimate_prior:
         return balanced
-    prior = em_label_prior(balanced)
+    prior = em_label_prior(divide_out_prior(unlabeled_probabilities, bias))
     return _normalize_rows(balanced * prior[None, :])

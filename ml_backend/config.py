@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         "content_free",
         description="Correct the model's label prior without labels (see README).",
     )
+    demonstrations: int = Field(
+        8, ge=0, le=32, description="Self-labeled in-context demonstrations chosen at cold start (0 = zero-shot)."
+    )
+    cold_start_tasks: int = Field(
+        200, ge=10, description="How many of a project's tasks the cold-start step reads (bias estimate, demo pool)."
+    )
     instruction: str | None = Field(
         None, description="Project-independent labeling instruction prepended to every prompt."
     )

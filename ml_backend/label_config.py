@@ -8,6 +8,7 @@ label names (as stored in results, i.e. `alias` if set) and their definitions.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -73,7 +74,7 @@ class LabelSpec:
 
 def config_hash(label_config: str) -> str:
     """Short stable hash of the config: part of model_version, so a new config is a new version."""
-    normalized = " ".join(label_config.split())
+    normalized = re.sub(r">\s+<", "><", label_config.strip())
     return hashlib.sha256(normalized.encode("utf-8")).hexdigest()[:8]
 
 

@@ -11,6 +11,7 @@ The LLM is loaded lazily, once per process, and never inside `/setup` (Label Stu
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -22,10 +23,13 @@ from ml_backend.errors import BadRequest
 from ml_backend.label_config import LabelSpec, parse_label_config
 from ml_backend.llm.base import LLMRuntime
 from ml_backend.model_store import ModelStore, ProjectState, project_id_of
-from ml_backend.predictor import LabelScorer, PredictionOptions, predict_tasks
+from ml_backend.calibration import matching_bias
+from ml_backend.llm.prompts import Demonstration
+from ml_backend.predictor import ColdStart, LabelScorer, PredictionOptions, predict_tasks
 
 log = logging.getLogger(__name__)
 
+COLD_START_KEY = "cold_start"
 TRAINING_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
 
 
@@ -81,11 +85,18 @@ class LLMBackend:
         )
 
     def model_version(self, state: ProjectState, spec: LabelSpec) -> str:
-        """`<model>-<prompt hash>-v<counter>`: changes when the config, hints, instruction or
-        scoring settings change (so Label Studio re-requests predictions) and on retraining."""
+        """`<model>-<prompt hash>-v<counter>`: changes when the config, hints, instruction, scoring
+        settings or cold-start demonstrations change (so Label Studio re-requests predictions)
+        and on retraining."""
         options = self.options_for(state)
         fingerprint = "|".join(
-            [spec.config_hash, options.instruction or "", options.scoring_mode, options.bias_calibration]
+            [
+                spec.config_hash,
+                options.instruction or "",
+                options.scoring_mode,
+                options.bias_calibration,
+                json.dumps(state.extra.get(COLD_START_KEY, {}), sort_keys=True, ensure_ascii=False),
+            ]
         )
         prompt_hash = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:8]
         return f"{self.model_name}-{prompt_hash}-v{state.version_counter}"
@@ -128,7 +139,9 @@ class LLMBackend:
         version = self.model_version(state, spec)
         started = time.perf_counter()
         scorer = self._scorer(self.options_for(state))
-        predictions = predict_tasks(scorer, spec, tasks, model_version=version, project_id=project_id)
+        predictions = predict_tasks(
+            scorer, spec, tasks, model_version=version, project_id=project_id, cold_start=cold_start_of(state)
+        )
         log.info(
             "event=predict project=%s tasks=%d model_version=%s ms=%d",
             project_id,
@@ -137,6 +150,55 @@ class LLMBackend:
             (time.perf_counter() - started) * 1000,
         )
         return predictions, version
+
+    def prepare_cold_start(self, project_id: str, texts: list[str]) -> str:
+        """Round one, before any human label: self-labeled demonstrations and the label bias.
+
+        Reads up to COLD_START_TASKS of the project's texts: scores them zero-shot (bias-corrected),
+        picks diverse confident ones as demonstrations (`training.demos`), then estimates the
+        model's label prior on the project's texts under the final prompt (used by
+        BIAS_CALIBRATION=prior_matching). Stored per project; the model_version changes.
+        """
+        from training.demos import select_self_labeled_demos
+
+        state = self.store.load(project_id)
+        if not state.label_config:
+            raise BadRequest("Unknown project: call /setup first.", hint="Connect the project in Label Studio.")
+        spec = parse_label_config(state.label_config)
+        sample = [t for t in texts if isinstance(t, str) and t.strip()][: self.settings.cold_start_tasks]
+        if not sample:
+            raise BadRequest("No task text to learn from.", hint="Import tasks before the cold-start step.")
+        scorer = self._scorer(self.options_for(state))
+        learned: dict[str, Any] = {}
+        started = time.perf_counter()
+        for target in spec.classification_targets:
+            if target.multiple:
+                continue  # demonstrations and priors are defined for single-choice blocks
+            tokens = [scorer.task_tokens(text) for text in sample]
+            demos: tuple[Demonstration, ...] = ()
+            if self.settings.demonstrations > 0:
+                zero_shot = scorer.correct(target, scorer.raw_probabilities(target, tokens))
+                chosen = select_self_labeled_demos(sample, zero_shot, k=self.settings.demonstrations)
+                demos = tuple(
+                    Demonstration(text=sample[c.index], labels=(target.options[c.label].prompt_name,)) for c in chosen
+                )
+            raw = scorer.raw_probabilities(target, tokens, demonstrations=demos)
+            learned[target.from_name] = {
+                "demonstrations": [{"text": d.text, "labels": list(d.labels)} for d in demos],
+                "label_bias": [round(float(b), 6) for b in matching_bias(raw)],
+                "n_tasks": len(sample),
+            }
+        state.extra[COLD_START_KEY] = learned
+        self.store.save(state)
+        version = self.model_version(state, spec)
+        log.info(
+            "event=cold_start project=%s tasks=%d model_version=%s ms=%d",
+            project_id,
+            len(sample),
+            version,
+            (time.perf_counter() - started) * 1000,
+        )
+        return version
 
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
         """Called for every webhook; training on annotations is not part of this service yet."""
@@ -169,3 +231,16 @@ def _project_of_tasks(tasks: list[dict[str, Any]]) -> str | None:
         if isinstance(task, dict) and task.get("project") is not None:
             return project_id_of(task["project"])
     return None
+
+
+def cold_start_of(state: ProjectState) -> dict[str, ColdStart]:
+    """The stored cold-start results of a project, per target (from_name)."""
+    learned = {}
+    for from_name, entry in state.extra.get(COLD_START_KEY, {}).items():
+        learned[from_name] = ColdStart(
+            demonstrations=tuple(
+                Demonstration(text=d["text"], labels=tuple(d["labels"])) for d in entry.get("demonstrations", [])
+            ),
+            label_bias=tuple(entry["label_bias"]) if entry.get("label_bias") else None,
+        )
+    return learned

@@ -11,7 +11,7 @@ import html
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -32,6 +32,18 @@ class PredictionOptions:
     bias_calibration: str = "content_free"  # "none" | "content_free"
     max_text_tokens: int = 256
     instruction: str | None = None
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """What round one learned about a target without human labels (see `LLMBackend.prepare_cold_start`).
+
+    demonstrations: self-labeled in-context examples; label_bias: the model's label prior on this
+    project's tasks under that prompt (for BIAS_CALIBRATION=prior_matching).
+    """
+
+    demonstrations: tuple[Demonstration, ...] = ()
+    label_bias: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,13 +146,32 @@ class LabelScorer:
         texts: Sequence[str],
         *,
         demonstrations: Sequence[Demonstration] = (),
+        label_bias: Sequence[float] | None = None,
         progress: ProgressCallback | None = None,
     ) -> np.ndarray:
-        """Bias-corrected probabilities for non-empty texts, shape (len(texts), n_labels)."""
+        """Bias-corrected probabilities for non-empty texts, shape (len(texts), n_labels).
+
+        BIAS_CALIBRATION=prior_matching divides out `label_bias` (estimated on the project's
+        tasks by the cold-start step); until that exists it falls back to content_free.
+        """
         token_lists = [self.task_tokens(text) for text in texts]
         raw = self.raw_probabilities(target, token_lists, demonstrations=demonstrations, progress=progress)
-        if self.options.bias_calibration != "content_free":
+        return self.correct(target, raw, demonstrations=demonstrations, label_bias=label_bias)
+
+    def correct(
+        self,
+        target: Target,
+        raw: np.ndarray,
+        *,
+        demonstrations: Sequence[Demonstration] = (),
+        label_bias: Sequence[float] | None = None,
+    ) -> np.ndarray:
+        """Apply the configured bias correction to raw probabilities."""
+        mode = self.options.bias_calibration
+        if mode == "none":
             return raw
+        if mode == "prior_matching" and label_bias is not None and not target.multiple:
+            return calibration.divide_out_prior(raw, np.asarray(label_bias))
         content_free = self.content_free_probabilities(target, demonstrations)
         return self._correct(target, raw, content_free)
 
@@ -170,7 +201,7 @@ def predict_tasks(
     *,
     model_version: str,
     project_id: str | None = None,
-    demonstrations_for: Callable[[Target], Sequence[Demonstration]] | None = None,
+    cold_start: dict[str, ColdStart] | None = None,
     progress: ProgressCallback | None = None,
 ) -> list[dict[str, Any]]:
     """One Label Studio prediction per task, same order; tasks without text get an empty result."""
@@ -182,8 +213,14 @@ def predict_tasks(
         present = [i for i, t in enumerate(texts) if t is not None]
         probabilities: list[np.ndarray | None] = [None] * len(tasks)
         if present:
-            demos = demonstrations_for(target) if demonstrations_for else ()
-            scored = scorer.probabilities(target, [texts[i] for i in present], demonstrations=demos, progress=progress)
+            learned = (cold_start or {}).get(target.from_name, ColdStart())
+            scored = scorer.probabilities(
+                target,
+                [texts[i] for i in present],
+                demonstrations=learned.demonstrations,
+                label_bias=learned.label_bias,
+                progress=progress,
+            )
             for row, task_index in enumerate(present):
                 probabilities[task_index] = scored[row]
         per_target.append(TargetScores(target=target, probabilities=probabilities))

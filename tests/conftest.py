@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -69,7 +70,7 @@ class KeywordRuntime(LLMRuntime):
         for i, task in enumerate(tasks):
             text = "".join(chr(t) for t in task).lower()
             for j, cont in enumerate(continuations):
-                words = "".join(chr(t) for t in cont).replace("<|im_end|>", " ").split()
+                words = re.findall(r"\w+", "".join(chr(t) for t in cont).replace("<|im_end|>", " "))
                 word = words[-1].lower() if words else ""
                 scores[i, j] = -2.0 + 1.5 * text.count(word) if word else -5.0
             if progress:

@@ -25,6 +25,7 @@ from typing import Sequence
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
+from llama_cpp._logger import set_verbose as set_llama_log_verbosity
 
 from ml_backend.llm.base import ContinuationTrie, LLMRuntime, ProgressCallback, log_sum_exp
 from ml_backend.llm.prompts import ChatFormat
@@ -38,6 +39,7 @@ class LlamaCppRuntime(LLMRuntime):
     def __init__(self, model_path: Path, *, n_ctx: int = 2048, n_threads: int = 2, name: str | None = None):
         self.model_path = Path(model_path)
         self.name = name or self.model_path.stem
+        set_llama_log_verbosity(False)  # llama.cpp logs every graph input at debug level otherwise
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
         self._model = internals.LlamaModel(path_model=str(self.model_path), params=model_params, verbose=False)
@@ -119,7 +121,7 @@ class LlamaCppRuntime(LLMRuntime):
             for task_tokens in tasks:
                 self._fill_batch(task_tokens, start, n_sequences=1, trie=None)
                 self._context.decode(self._batch)
-                self._context.kv_cache_seq_rm(-1, start, -1)
+                self._forget_after(start, 1)
 
     def _ensure_prefix(self, prefix: list[int]) -> None:
         """Keep the longest common part of the cached prefix; evaluate only the rest."""
@@ -133,7 +135,7 @@ class LlamaCppRuntime(LLMRuntime):
         if common == len(prefix) == len(self._cached_prefix):
             return
         common = min(common, len(prefix) - 1)  # always re-evaluate ≥ 1 token
-        self._context.kv_cache_seq_rm(-1, common, -1)
+        self._forget_after(common, self._max_sequences)
         remaining = prefix[common:]
         if len(prefix) >= self._n_ctx:
             raise ValueError(f"prompt prefix ({len(prefix)} tokens) does not fit the context ({self._n_ctx})")
@@ -148,6 +150,16 @@ class LlamaCppRuntime(LLMRuntime):
             batch.logits[i] = i == len(remaining) - 1
         self._context.decode(self._batch)
         self._cached_prefix = list(prefix)
+
+    def _forget_after(self, position: int, n_sequences: int) -> None:
+        """Drop every cached position ≥ `position` from sequences 0..n_sequences-1.
+
+        Removed sequence by sequence: `seq_rm(-1, ...)` (any sequence) left the per-sequence
+        position bookkeeping of cells shared by several sequences behind in llama.cpp 0.3.36's
+        unified cache, and the next decode was rejected as non-consecutive.
+        """
+        for seq in range(n_sequences):
+            self._context.kv_cache_seq_rm(seq, position, -1)
 
     def _fill_batch(
         self, task_tokens: Sequence[int], start: int, *, n_sequences: int, trie: ContinuationTrie | None
@@ -205,4 +217,4 @@ class LlamaCppRuntime(LLMRuntime):
                 [sum(node_logprob[n] for n in trie.path(leaf)) for leaf in trie.leaf_of], dtype=np.float64
             )
         finally:
-            self._context.kv_cache_seq_rm(-1, start, -1)
+            self._forget_after(start, n_sequences)

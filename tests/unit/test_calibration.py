@@ -1,6 +1,6 @@
 import numpy as np
 
-from ml_backend.calibration import contextual_calibration, em_label_prior, mean_prediction, prior_matching
+from ml_backend.calibration import contextual_calibration, em_label_prior, prior_matching
 
 
 def _biased_scores(n=2000, bias=3.0, seed=0):
@@ -27,7 +27,8 @@ def test_contextual_calibration_removes_a_known_bias():
 
 def test_prior_matching_balances_the_predicted_distribution():
     labels, probabilities = _biased_scores()
-    corrected = prior_matching(probabilities, mean_prediction(probabilities))
+    corrected = prior_matching(probabilities, probabilities)
+    assert abs(corrected.mean(axis=0)[1] - 0.5) < 1e-3
     assert abs(corrected.argmax(1).mean() - 0.5) < 0.1
     assert balanced_accuracy(labels, corrected.argmax(1)) > balanced_accuracy(labels, probabilities.argmax(1)) + 0.1
 
@@ -36,7 +37,7 @@ def test_em_prior_recovers_an_imbalanced_prior():
     rng = np.random.default_rng(1)
     labels = (rng.random(5000) < 0.7).astype(int)  # 70% class 1
     signal = np.where(labels == 1, 1.5, -1.5) + rng.normal(0, 1, labels.size)
-    p1 = 1 / (1 + np.exp(-signal))  # posteriors under a uniform prior
+    p1 = 1 / (1 + np.exp(-3.0 * signal))  # calibrated posteriors under a uniform prior (LLR = 3x)
     prior = em_label_prior(np.stack([1 - p1, p1], axis=1))
     assert abs(prior[1] - 0.7) < 0.05
 
@@ -45,6 +46,6 @@ def test_corrections_keep_distributions():
     _, probabilities = _biased_scores(100)
     for corrected in (
         contextual_calibration(probabilities, probabilities[:3]),
-        prior_matching(probabilities, mean_prediction(probabilities), estimate_prior=True),
+        prior_matching(probabilities, probabilities, estimate_prior=True),
     ):
         np.testing.assert_allclose(corrected.sum(axis=1), 1.0)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -32,7 +33,7 @@ def test_shared_lead_cancels_out():
 
 
 def test_yes_probability():
-    assert yes_probabilities(np.array([[np.log(0.3)]]), np.array([[np.log(0.1)]]))[0, 0] == np.float64(0.75)
+    assert yes_probabilities(np.array([[np.log(0.3)]]), np.array([[np.log(0.1)]]))[0, 0] == pytest.approx(0.75)
 
 
 def test_single_choice_prediction_scores_the_argmax():
