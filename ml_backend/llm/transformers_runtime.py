@@ -104,7 +104,7 @@ class TransformersRuntime(LLMRuntime):
                             targets = torch.tensor(list(cont), device=self.device)
                             scores[task_index, c] = float(logprobs[row, positions, targets].sum())
                     finally:
-                        cache.crop(len(prefix))
+                        _crop_to(cache, len(prefix))
                     if progress is not None and start == 0:
                         progress(1)
         return scores
@@ -117,4 +117,11 @@ class TransformersRuntime(LLMRuntime):
                 try:
                     self.model(input_ids=torch.tensor([list(task_tokens)], device=self.device), past_key_values=cache)
                 finally:
-                    cache.crop(len(prefix))
+                    _crop_to(cache, len(prefix))
+
+
+def _crop_to(cache, length: int) -> None:
+    """Shrink a KV cache back to `length` positions (transformers 5 crops by a negative count)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)

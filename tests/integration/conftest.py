@@ -175,4 +175,5 @@ def label_studio(tmp_path_factory):
 def ls_client(label_studio):
     from label_studio_sdk import LabelStudio
 
-    return LabelStudio(base_url=label_studio, api_key=LS_TOKEN)
+    # Generous: "Retrieve predictions" blocks until Label Studio has our /predict answer (up to 100 s).
+    return LabelStudio(base_url=label_studio, api_key=LS_TOKEN, timeout=300)

@@ -16,7 +16,7 @@ def _stored_predictions(ls_client, project_id: int) -> list:
 
 
 def test_label_studio_retrieves_and_stores_predictions(ls_client, backend_server):
-    rows = load_jsonl(shared_path("data", "chnsenticorp", "test.jsonl"), limit=12)
+    rows = load_jsonl(shared_path("data", "chnsenticorp", "test.jsonl"), limit=8)
     project = ls_client.projects.create(
         title="ci chinese sentiment", label_config=(LABELING_CONFIGS / "sentiment_zh.xml").read_text(encoding="utf-8")
     )
