@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     llm_device: str = Field("cpu", description="transformers device (cpu, cuda).")
     llm_threads: int = Field(2, ge=1, description="CPU threads for llama.cpp.")
     llm_n_ctx: int = Field(2048, ge=256, description="Context window in tokens (prefix + task + label).")
-    llm_batch_size: int = Field(8, ge=1, description="Tasks scored per progress step / transformers batch.")
+    llm_batch_size: int = Field(8, ge=1, description="Tasks per runtime call; other requests can take the model between calls.")
     max_text_tokens: int = Field(
         256, ge=8, description="Task text is truncated to this many tokens (a warning is logged)."
     )

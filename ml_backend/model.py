@@ -82,6 +82,7 @@ class LLMBackend:
             bias_calibration=self.settings.bias_calibration,
             max_text_tokens=self.settings.max_text_tokens,
             instruction=self.project_instruction(state),
+            batch_size=self.settings.llm_batch_size,
         )
 
     def model_version(self, state: ProjectState, spec: LabelSpec) -> str:

@@ -32,6 +32,7 @@ class PredictionOptions:
     bias_calibration: str = "content_free"  # "none" | "content_free"
     max_text_tokens: int = 256
     instruction: str | None = None
+    batch_size: int = 8  # tasks per runtime call: the runtime lock is released between calls
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,12 @@ class LabelScorer:
         prompt = self.prompt(target, demonstrations)
         prefix = self.runtime.prefix_tokens(prompt.prefix)
         continuations = self.continuations(target, prompt)
-        logprobs = self.runtime.score_continuations(prefix, token_lists, continuations, progress=progress)
+        step = max(1, self.options.batch_size)
+        chunks = [
+            self.runtime.score_continuations(prefix, token_lists[start : start + step], continuations, progress=progress)
+            for start in range(0, len(token_lists), step)
+        ]
+        logprobs = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(continuations)))
         if target.multiple:
             return yes_probabilities(logprobs[:, 0::2], logprobs[:, 1::2])
         return label_probabilities(logprobs)
