@@ -119,7 +119,8 @@ def quality_rows(runtime, runtime_name: str, n_tasks: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=int, default=200, help="tasks per dataset for llama.cpp (default 200)")
+    parser.add_argument("--tasks", type=int, default=200, help="tasks of the speed comparison (default 200)")
+    parser.add_argument("--quality-tasks", type=int, default=200, help="tasks per dataset for llama.cpp quality rows")
     parser.add_argument("--speed-dataset", default="ag_news", help="dataset of the speed comparison")
     parser.add_argument(
         "--transformers-tasks", type=int, default=60, help="tasks per dataset for the (slower) transformers runtime; 0 skips"
@@ -176,7 +177,7 @@ def main() -> None:
     )
 
     # --- quality of raw scores, full sequence vs first token, both runtimes
-    quality = quality_rows(runtime, "llama_cpp", args.tasks)
+    quality = quality_rows(runtime, "llama_cpp", args.quality_tasks)
     del runtime
     if args.transformers_tasks > 0:
         from ml_backend.llm.transformers_runtime import TransformersRuntime

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         "first_token: LabelFast-style probability of the first token only.",
     )
     bias_calibration: Literal["none", "content_free", "prior_matching"] = Field(
-        "content_free",
+        "prior_matching",
         description="Correct the model's label prior without labels (see README).",
     )
     demonstrations: int = Field(

@@ -29,7 +29,7 @@ CHARS_PER_TOKEN_CAP = 16  # pre-cut huge texts before tokenizing: no token is lo
 @dataclass(frozen=True)
 class PredictionOptions:
     scoring_mode: str = "full_sequence"  # or "first_token"
-    bias_calibration: str = "content_free"  # "none" | "content_free"
+    bias_calibration: str = "prior_matching"  # "none" | "content_free" | "prior_matching"
     max_text_tokens: int = 256
     instruction: str | None = None
     batch_size: int = 8  # tasks per runtime call: the runtime lock is released between calls

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ml_backend.calibration import matching_bias
 from ml_backend.label_config import parse_label_config
 from ml_backend.predictor import LabelScorer, PredictionOptions
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
@@ -25,7 +26,11 @@ def test_default_model_accuracy_on_100_examples(llama_runtime, dataset, config_n
     rows = load_jsonl(shared_path("data", dataset, "test.jsonl"), limit=100)
     target = parse_label_config((LABELING_CONFIGS / config_name).read_text(encoding="utf-8")).targets[0]
     scorer = LabelScorer(llama_runtime, PredictionOptions())
-    probabilities = scorer.probabilities(target, [row["text"] for row in rows])
+    texts = [row["text"] for row in rows]
+    raw = scorer.raw_probabilities(target, [scorer.task_tokens(t) for t in texts])
+    # As after the service's cold start: the label bias is estimated on the project's own
+    # (here: these) unlabeled texts, without their labels, and divided out.
+    probabilities = scorer.correct(target, raw, label_bias=matching_bias(raw))
     predicted = [target.options[i].result_value for i in probabilities.argmax(axis=1)]
     accuracy = float(np.mean([p == row["label"] for p, row in zip(predicted, rows)]))
     confidence = probabilities.max(axis=1)

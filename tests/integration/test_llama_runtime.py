@@ -55,8 +55,11 @@ def test_batched_tree_scoring_matches_plain_evaluation(llama_runtime, reference_
             [reference_logprob(reference_llm, prefix + task + c, len(prefix) + len(task)) for c in continuations]
         )
         # An independent full-prompt evaluation agrees up to the float noise that evaluating the
-        # prefix in a separate batch causes in the quantized kernels (seen here: < 0.35 nats).
-        np.testing.assert_allclose(batched[i], expected, atol=0.5)
+        # prefix in a separate batch causes in the quantized kernels. That noise shifts all labels
+        # of a task together (seen: 0.3-0.5 nats on one CPU, < 0.35 on another); what decides the
+        # prediction is the differences between labels, which agree far more tightly (< 0.15).
+        np.testing.assert_allclose(batched[i], expected, atol=1.0)
+        np.testing.assert_allclose(batched[i] - batched[i].mean(), expected - expected.mean(), atol=0.3)
         np.testing.assert_allclose(label_probabilities(batched[i : i + 1]), label_probabilities(expected[None]), atol=0.08)
     # The prefix cache is reused across calls without drift.
     np.testing.assert_allclose(llama_runtime.score_continuations(prefix, tasks, continuations), batched, atol=1e-3)
