@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         8, ge=1, description="Tasks per scoring step of the job (progress, cache and deadline checks)."
     )
     preannotate_write_batch: int = Field(
-        64, ge=1, description="Predictions per Label Studio write (bulk import request)."
+        32, ge=1, description="Predictions per Label Studio write (bulk import request)."
     )
     preannotate_page_size: int = Field(500, ge=10, description="Tasks per page when the job lists a project.")
     preannotate_labeled: bool = Field(

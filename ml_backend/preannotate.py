@@ -94,11 +94,15 @@ def publish_new_version(project_id: str, *, context: JobContext | None = None) -
     """Bump the project's version counter (what a retrain does) and re-annotate under the new version."""
     context = context or get_context()
     store = context.backend.store
+    from ml_backend.model import TRIGGERED_VERSION_KEY
+
     state = store.load(str(project_id))
     state.version_counter += 1
+    version = context.backend.model_version(state, parse_label_config(state.label_config))
+    state.extra[TRIGGERED_VERSION_KEY] = version  # the next /setup then does not trigger again
     store.save(state)
     on_new_model_version(str(project_id), context=context)
-    return context.backend.model_version(state, parse_label_config(state.label_config))
+    return version
 
 
 class BulkPreannotation:
@@ -185,6 +189,7 @@ def preannotate_project(
         project_id,
         state=RUNNING,
         done=0,
+        scored=0,
         total=0,
         skipped=0,
         started_at=time.time(),
@@ -249,6 +254,7 @@ def preannotate_project(
                 break  # the version changed between the check and the scoring
             cache.put(project_id, version, {task.id: p for task, p in zip(batch, predictions)})
             unwritten.extend(zip(batch, predictions))
+            progress.update(project_id, scored=done + len(unwritten))
             if len(unwritten) >= settings.preannotate_write_batch:
                 flush()
         flush()

@@ -25,7 +25,8 @@ class ProjectProgress:
     project_id: str
     state: str = QUEUED
     model_version: str | None = None
-    done: int = 0  # tasks given a prediction of model_version by this run
+    done: int = 0  # tasks given a prediction of model_version by this run (written to Label Studio)
+    scored: int = 0  # tasks scored by this run (done + scored but not yet written)
     total: int = 0  # tasks this run has to predict (after skipping covered and labeled ones)
     skipped: int = 0  # tasks that already had model_version, or an annotation, or /predict answered them
     started_at: float | None = None  # unix seconds
