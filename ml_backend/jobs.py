@@ -369,12 +369,13 @@ class RqRunner(JobRunner):
         if job is None:
             return None
         status = job.get_status(refresh=True)
+        status = getattr(status, "value", status)  # rq's JobStatus enum → "queued", "failed", ...
         error = None
         if status == "failed":
             result = job.latest_result()
             error = (result.exc_string or "").strip().splitlines()[-1:] if result else None
             error = error[0] if error else None
-        return {"id": job_id, "status": str(status), "error": error, "retries_left": job.retries_left}
+        return {"id": job_id, "status": status, "error": error, "retries_left": job.retries_left}
 
 
 def make_runner(settings: Settings, kv: KV, context: JobContext) -> JobRunner:
