@@ -24,7 +24,10 @@ already queued for the project) and `status` shows the progress every worker rep
 Without REDIS_URL (or with --here) the job runs in this process, with a progress bar.
 The project must have been connected to the backend (Label Studio's /setup stores its
 labeling config in MODEL_DIR), and the backend needs Label Studio's URL and token:
-LABEL_STUDIO_URL + LABEL_STUDIO_API_KEY, or the ones /setup stored."""
+LABEL_STUDIO_URL + LABEL_STUDIO_API_KEY, or the ones /setup stored.
+
+Without REDIS_URL, prefer `POST /preannotate` on the running server: a job run here does
+not coordinate with the server's own in-process job."""
 
 
 def _task_ids(text: str | None) -> list[int] | None:

@@ -17,6 +17,11 @@ from typing import Any, Iterable
 
 from ml_backend.kv import KEY_PREFIX, KV
 
+# Label Studio stores a /predict answer right after it arrives; the mark only has to outlive the
+# job's next write. Short, so a task whose answer Label Studio did not store (a direct call, an
+# interactive pre-annotation) is predicted by a later run.
+ANSWERED_TTL_S = 300
+
 
 class PredictionCache:
     def __init__(self, kv: KV, *, ttl_s: float) -> None:
@@ -37,7 +42,7 @@ class PredictionCache:
 
     def mark_answered(self, project_id: str, model_version: str, task_ids: Iterable[int]) -> None:
         key = self._key("answered", project_id, model_version)
-        self.kv.hset(key, {str(t): "1" for t in task_ids}, ttl_s=self.ttl_s)
+        self.kv.hset(key, {str(t): "1" for t in task_ids}, ttl_s=ANSWERED_TTL_S)
 
     def answered(self, project_id: str, model_version: str, task_ids: Iterable[int]) -> set[int]:
         found = self.kv.hget_many(self._key("answered", project_id, model_version), [str(t) for t in task_ids])
