@@ -221,17 +221,28 @@ def preannotate_project(
         unwritten: list[tuple[TaskRecord, dict[str, Any]]] = []
 
         def flush() -> None:
+            """Write what is scored. Right before writing, look at the batch's tasks again (one
+            request): Label Studio may have stored a /predict answer of this version meanwhile
+            (skip: no duplicate), a task may be gone (skip), and placeholders stored since the
+            listing are found and deleted."""
             nonlocal done, written, answered_by_predict
             if not unwritten:
                 return
             batch = list(unwritten)
             unwritten.clear()
-            answered = cache.answered(project_id, version, [task.id for task, _ in batch])
-            payload = [{**prediction, "task": task.id} for task, prediction in batch if task.id not in answered]
+            ids = [task.id for task, _ in batch]
+            now = {task.id: task for task in client.tasks(ids, page_size=len(ids))}
+            answered = cache.answered(project_id, version, ids)
+            answered |= {i for i in ids if i in now and version in now[i].model_versions}
+            payload = [
+                {**prediction, "task": task.id}
+                for task, prediction in batch
+                if task.id in now and task.id not in answered
+            ]
             written += client.write_predictions(payload)
             answered_by_predict += len(answered)
             placeholders = [
-                p["id"] for task, _ in batch for p in task.predictions if is_pending_version(p["model_version"])
+                p["id"] for task in now.values() for p in task.predictions if is_pending_version(p["model_version"])
             ]
             client.delete_predictions(placeholders)
             done += len(batch)
@@ -243,15 +254,17 @@ def preannotate_project(
             if on_progress is not None:
                 on_progress(done, len(todo))
 
+        superseded = False
         for batch in chunks(todo, settings.preannotate_score_batch):
             check_deadline()
-            if backend.model_version(backend.store.load(project_id), spec) != version:
+            superseded = backend.model_version(backend.store.load(project_id), spec) != version
+            if not superseded:
+                with background_work():
+                    predictions = backend.score_tasks(project_id, [task.as_task() for task in batch])
+                superseded = bool(predictions) and predictions[0]["model_version"] != version
+            if superseded:  # a newer version exists; the job queued for it takes over
                 log.info("event=preannotate_superseded project=%s model_version=%s", project_id, version)
-                break  # a newer version exists; the job queued for it takes over
-            with background_work():
-                predictions = backend.score_tasks(project_id, [task.as_task() for task in batch])
-            if predictions and predictions[0]["model_version"] != version:
-                break  # the version changed between the check and the scoring
+                break
             cache.put(project_id, version, {task.id: p for task, p in zip(batch, predictions)})
             unwritten.extend(zip(batch, predictions))
             progress.update(project_id, scored=done + len(unwritten))
@@ -259,7 +272,7 @@ def preannotate_project(
                 flush()
         flush()
 
-        if (done or covered) and client.model_version() != version:
+        if not superseded and (done or covered) and client.model_version() != version:
             # Label Studio updates the ML connection's version, not the project's: uncertainty
             # sampling and the labeling UI follow project.model_version.
             client.set_model_version(version)
