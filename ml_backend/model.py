@@ -136,7 +136,12 @@ class LLMBackend:
         log.info("event=setup project=%s model_version=%s targets=%d", project_id, version, len(spec.targets))
         if trigger:
             # First /setup of a project, or a new version (config, instruction): predict every task.
-            self.bulk.trigger(project_id, None, reason="setup_new_version")
+            try:
+                self.bulk.trigger(project_id, None, reason="setup_new_version")
+            except Exception:  # noqa: BLE001 - Redis down must not break connecting; the next /setup retries
+                log.exception("event=preannotate_trigger_failed project=%s model_version=%s", project_id, version)
+                state.extra.pop(TRIGGERED_VERSION_KEY, None)
+                self.store.save(state)
         return version
 
     # --- Label Studio ML backend API -------------------------------------------------------

@@ -185,3 +185,38 @@ def test_rq_worker_killed_halfway_resumes_without_duplicates_and_new_versions_re
         (annotation,) = ls_client.annotations.list(id=task_id)
         assert annotation.result[0]["value"]["choices"] == ["positive"]
     assert ls_client.projects.get(id=project.id).model_version == new_version
+
+
+def test_retrieve_predictions_over_budget_stores_placeholders_that_the_job_replaces(
+    ls_client, label_studio, tmp_path, model_cache_dir
+):
+    """The overflow policy against Label Studio's real "Retrieve predictions": with no time budget,
+    every task is answered with a `-pending` placeholder (stored by Label Studio, not counting as the
+    current version); the job then writes the real prediction and deletes the placeholder."""
+    env = {
+        "MODEL_DIR": str(tmp_path / "store"),
+        "CACHE_DIR": str(model_cache_dir),
+        "REDIS_URL": "",
+        "PREDICT_TIME_BUDGET_S": "0",
+        "PREANNOTATE_AUTO": "false",  # only the overflow hands work to the job here
+    }
+    n_tasks = 8
+    with backend_process(env, tmp_path / "backend.log") as backend_url:
+        project = _new_project(ls_client, backend_url, "bulk overflow")
+        ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t in _texts(n_tasks)])
+        task_ids = [t.id for t in ls_client.tasks.list(project=project.id)]
+        version = requests.post(
+            f"{backend_url}/setup", json={"project": str(project.id), "schema": SENTIMENT_EN}, timeout=10
+        ).json()["model_version"]
+
+        ls_client.actions.create(
+            id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []}
+        )
+        per_task = _versions_per_task(ls_client, project.id)
+        # Label Studio stored what /predict answered: placeholders, not the current version.
+        assert all(per_task.get(t, Counter())[version] == 0 for t in task_ids)
+        _wait_for_status(backend_url, project.id, _finished(version), timeout=600, what="overflow job")
+
+    per_task = _versions_per_task(ls_client, project.id)
+    _assert_exactly_one_prediction_of(version, per_task, task_ids)
+    assert not any(v.endswith("-pending") for counts in per_task.values() for v in counts), "placeholders deleted"
