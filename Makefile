@@ -8,7 +8,7 @@ LS_VENV := .venv-ls
 PORT ?= 9090
 LABEL_STUDIO_VERSION := 1.23.2
 
-.PHONY: run test unit bench install install-dev label-studio clean
+.PHONY: run worker test unit bench install install-dev label-studio clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ label-studio: $(LS_VENV)/.installed
 
 run: install
 	PORT=$(PORT) $(VENV)/bin/gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app
+
+# An rq worker for background jobs (needs REDIS_URL; the server then only enqueues).
+worker: install
+	$(VENV)/bin/python -m ml_backend.cli worker
 
 # Unit tests only: seconds, no model, no services.
 unit: install-dev

@@ -11,8 +11,9 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ml_backend.errors import BadRequest
+from ml_backend.errors import BadRequest, NotFound
 from ml_backend.model import LLMBackend
+from ml_backend.model_store import project_id_of
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ def setup():
     extra_params = body.get("extra_params")
     if extra_params is not None and not isinstance(extra_params, dict):
         extra_params = None  # Label Studio may send a string; only an object carries settings
-    version = _backend().setup(body.get("project"), schema, extra_params)
+    version = _backend().setup(
+        body.get("project"),
+        schema,
+        extra_params,
+        hostname=body.get("hostname"),
+        access_token=body.get("access_token"),
+    )
     return jsonify({"model_version": version})
 
 
@@ -101,3 +108,38 @@ def train():
 @bp.get("/versions")
 def versions():
     return jsonify({"versions": _backend().versions(request.args.get("project"))})
+
+
+def _bulk():
+    bulk = _backend().bulk
+    if bulk is None:
+        raise NotFound("Background pre-annotation is not enabled in this app.")
+    return bulk
+
+
+@bp.post("/preannotate")
+def preannotate():
+    """Explicit trigger: pre-annotate a project, or a selection of its tasks, in the background."""
+    body = _json_object()
+    project_id = project_id_of(body.get("project"))
+    if not project_id or not project_id.isdigit():
+        raise BadRequest("'project' (a Label Studio project id) is missing.", hint='Send {"project": 3}.')
+    tasks = body.get("tasks")
+    if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, int) for t in tasks)):
+        raise BadRequest("'tasks' must be a list of task ids.", hint='Send {"project": 3, "tasks": [1, 2]}.')
+    if not _backend().store.exists(project_id):
+        raise NotFound(
+            f"Project {project_id} is not connected to this backend.",
+            hint="Connect the model in the project's settings first (Label Studio then calls /setup).",
+        )
+    enqueued = _bulk().trigger(project_id, tasks, reason="explicit")
+    return jsonify({"project": project_id, "job_id": enqueued.job_id, "coalesced": enqueued.coalesced}), 202
+
+
+@bp.get("/preannotate/status")
+def preannotate_status():
+    """Progress of background pre-annotation: one project (?project=3) or all of them."""
+    project_id = project_id_of(request.args.get("project"))
+    if project_id:
+        return jsonify(_bulk().status(project_id))
+    return jsonify({"projects": _bulk().all_status()})

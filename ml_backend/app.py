@@ -27,6 +27,7 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Label Studio API call is noise
 
 
 def create_app(
@@ -46,6 +47,8 @@ def create_app(
                 return load_runtime(settings)
 
         backend = LLMBackend(settings, runtime_loader, ModelStore(settings.model_dir))
+    if backend.bulk is None:
+        backend.bulk = _bulk_preannotation(settings, backend)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
@@ -56,6 +59,19 @@ def create_app(
     _register_auth(app, settings)
     _register_error_handlers(app)
     return app
+
+
+def _bulk_preannotation(settings: Settings, backend: LLMBackend):
+    """Background pre-annotation sharing this process's backend (one model per process)."""
+    from ml_backend.jobs import JobContext, make_runner
+    from ml_backend.kv import kv_from_settings
+    from ml_backend.preannotate import BulkPreannotation
+
+    kv = kv_from_settings(settings)
+    context = JobContext(settings=settings, kv=kv, backend=backend)
+    context.runner = make_runner(settings, kv, context)
+    log.info("event=job_runner kind=%s queue=%s", context.runner.kind, settings.rq_queue if settings.redis_url else "-")
+    return BulkPreannotation(context)
 
 
 def _register_auth(app: Flask, settings: Settings) -> None:

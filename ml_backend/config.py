@@ -65,6 +65,48 @@ class Settings(BaseSettings):
     label_studio_url: str | None = Field(None, description="Label Studio base URL for API calls.")
     label_studio_api_key: str | None = Field(None, description="Label Studio legacy API token.")
 
+    # --- Background jobs and bulk pre-annotation ---------------------------------------
+    redis_url: str | None = Field(
+        None,
+        description="rq + Redis job queue (e.g. redis://localhost:6379/0); unset: an in-process "
+        "background worker runs the same jobs (one gunicorn worker then).",
+    )
+    rq_queue: str = Field("ls-llm-backend", description="rq queue name that `rq worker` must listen on.")
+    job_timeout_s: int = Field(6 * 3600, ge=10, description="A job running longer than this is stopped (seconds).")
+    job_retries: int = Field(3, ge=0, description="Retries of a failed job.")
+    job_retry_backoff_s: int = Field(
+        10, ge=0, description="Wait before the first retry (seconds); each next wait is 4x longer."
+    )
+    job_lease_s: int = Field(
+        60,
+        ge=2,
+        description="Lease of a project's running job (seconds), renewed while it runs: a job killed "
+        "with SIGKILL blocks its project's next job for at most this long.",
+    )
+    preannotate_auto: bool = Field(
+        True, description="Start pre-annotation on a project's first /setup, on imports and on new versions."
+    )
+    preannotate_score_batch: int = Field(
+        8, ge=1, description="Tasks per scoring step of the job (progress, cache and deadline checks)."
+    )
+    preannotate_write_batch: int = Field(
+        32, ge=1, description="Predictions per Label Studio write (bulk import request)."
+    )
+    preannotate_page_size: int = Field(500, ge=10, description="Tasks per page when the job lists a project.")
+    preannotate_labeled: bool = Field(
+        False, description="Also pre-annotate tasks that already have a human annotation."
+    )
+    prediction_cache_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="How long the job's predictions are kept for /predict (seconds)."
+    )
+    predict_time_budget_s: float = Field(
+        60.0,
+        ge=0,
+        description="/predict scores tasks for at most this long (Label Studio waits 100 s); the rest is "
+        "answered with a 'pending' placeholder and handed to the job.",
+    )
+    label_studio_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of Label Studio API calls.")
+
     # --- Storage, logging, auth ---------------------------------------------------
     model_dir: Path = Field(Path("model_store"), description="Per-project state (versions, calibration).")
     cache_dir: Path = Field(

@@ -31,5 +31,9 @@ class UnsupportedConfig(BackendError):
     status_code = 422
 
 
+class NotFound(BackendError):
+    status_code = 404
+
+
 class Unauthorized(BackendError):
     status_code = 401

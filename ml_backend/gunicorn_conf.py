@@ -16,3 +16,11 @@ graceful_timeout = 30
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+if workers > 1 and not os.environ.get("REDIS_URL"):
+    # Without Redis, background jobs, their coalescing and progress live inside each worker process.
+    print(
+        "warning: WORKERS > 1 without REDIS_URL: each worker runs its own background pre-annotation; "
+        "set REDIS_URL (and run `python -m ml_backend.cli worker`) or use WORKERS=1",
+        flush=True,
+    )

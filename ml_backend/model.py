@@ -6,6 +6,11 @@ backends use, so code written against that shape reads the same; the class itsel
 
 The LLM is loaded lazily, once per process, and never inside `/setup` (Label Studio gives
 /setup 3 s). `warm_up()` starts loading in a background thread at start-up.
+
+With `bulk` set (the app does), the backend also starts background pre-annotation
+(`ml_backend/preannotate.py`) and keeps `/predict` inside a time budget: cached job results
+are served, what fits is scored, the rest is answered with a "pending" placeholder and handed
+to the job (README, "Pre-annotating whole projects").
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ml_backend.config import DEFAULT_MODEL, Settings
 from ml_backend.errors import BadRequest
@@ -27,10 +32,14 @@ from ml_backend.calibration import matching_bias
 from ml_backend.llm.prompts import Demonstration
 from ml_backend.predictor import ColdStart, LabelScorer, PredictionOptions, predict_tasks
 
+if TYPE_CHECKING:
+    from ml_backend.preannotate import BulkPreannotation
+
 log = logging.getLogger(__name__)
 
 COLD_START_KEY = "cold_start"
 TRAINING_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
+TRIGGERED_VERSION_KEY = "preannotate_triggered_version"  # ProjectState.extra: last version we pre-annotate
 
 
 class LLMBackend:
@@ -43,6 +52,7 @@ class LLMBackend:
         self._runtime: LLMRuntime | None = None
         self._runtime_lock = threading.Lock()
         self._scorers: dict[PredictionOptions, LabelScorer] = {}
+        self.bulk: BulkPreannotation | None = None  # set by create_app: background pre-annotation
 
     # --- the model ------------------------------------------------------------------------
     @property
@@ -102,8 +112,19 @@ class LLMBackend:
         prompt_hash = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:8]
         return f"{self.model_name}-{prompt_hash}-v{state.version_counter}"
 
-    def setup(self, project: Any, label_config: str, extra_params: dict[str, Any] | None = None) -> str:
-        """Remember the project's config and instruction; return its model_version. Milliseconds."""
+    def setup(
+        self,
+        project: Any,
+        label_config: str,
+        extra_params: dict[str, Any] | None = None,
+        *,
+        hostname: Any = None,
+        access_token: Any = None,
+    ) -> str:
+        """Remember the project's config, instruction and Label Studio credentials; return its
+        model_version. Milliseconds: a new project or a new version only enqueues pre-annotation."""
+        from ml_backend.ls_client import remember_setup_credentials
+
         spec = parse_label_config(label_config)
         project_id = project_id_of(project) or "default"
         state = self.store.load(project_id)
@@ -112,10 +133,27 @@ class LLMBackend:
         state.label_config = label_config
         if instruction is not None:
             state.instruction = str(instruction).strip() or None
-        if changed or not self.store.exists(project_id):
-            self.store.save(state)
+        changed |= remember_setup_credentials(state, hostname, access_token)
         version = self.model_version(state, spec)
+        trigger = (
+            self.bulk is not None
+            and self.settings.preannotate_auto
+            and project_id.isdigit()
+            and state.extra.get(TRIGGERED_VERSION_KEY) != version
+        )
+        if trigger:
+            state.extra[TRIGGERED_VERSION_KEY] = version
+        if changed or trigger or not self.store.exists(project_id):
+            self.store.save(state)
         log.info("event=setup project=%s model_version=%s targets=%d", project_id, version, len(spec.targets))
+        if trigger:
+            # First /setup of a project, or a new version (config, instruction): predict every task.
+            try:
+                self.bulk.trigger(project_id, None, reason="setup_new_version")
+            except Exception:  # noqa: BLE001 - Redis down must not break connecting; the next /setup retries
+                log.exception("event=preannotate_trigger_failed project=%s model_version=%s", project_id, version)
+                state.extra.pop(TRIGGERED_VERSION_KEY, None)
+                self.store.save(state)
         return version
 
     # --- Label Studio ML backend API -------------------------------------------------------
@@ -139,16 +177,19 @@ class LLMBackend:
         spec = parse_label_config(config)
         version = self.model_version(state, spec)
         started = time.perf_counter()
-        scorer = self._scorer(self.options_for(state))
-        predictions = predict_tasks(
-            scorer, spec, tasks, model_version=version, project_id=project_id, cold_start=cold_start_of(state)
-        )
+        score = self._task_scorer(state, spec, version, project_id)
+        if self.bulk is None or not project_id.isdigit():
+            predictions = score(tasks)
+            counts = {"scored": len(tasks)}
+        else:
+            predictions, counts = self._predict_within_budget(score, tasks, project_id, version)
         log.info(
-            "event=predict project=%s tasks=%d model_version=%s ms=%d",
+            "event=predict project=%s tasks=%d model_version=%s ms=%d %s",
             project_id,
             len(tasks),
             version,
             (time.perf_counter() - started) * 1000,
+            " ".join(f"{k}={v}" for k, v in counts.items()),
         )
         return predictions, version
 
@@ -201,14 +242,105 @@ class LLMBackend:
         )
         return version
 
+    def score_tasks(self, project_id: str, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Predictions for tasks of a known project, from its stored config (the job's entry point)."""
+        state = self.store.load(project_id)
+        if not state.label_config:
+            raise BadRequest(f"No labeling config for project {project_id}.")
+        spec = parse_label_config(state.label_config)
+        version = self.model_version(state, spec)
+        return self._task_scorer(state, spec, version, project_id)(tasks)
+
+    def _task_scorer(
+        self, state: ProjectState, spec: LabelSpec, version: str, project_id: str
+    ) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+        """`tasks -> predictions` with the project's options, cold-start results and version."""
+        scorer = self._scorer(self.options_for(state))
+        cold_start = cold_start_of(state)
+
+        def score(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return predict_tasks(
+                scorer, spec, tasks, model_version=version, project_id=project_id, cold_start=cold_start
+            )
+
+        return score
+
+    def _predict_within_budget(
+        self,
+        score: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+        tasks: list[dict[str, Any]],
+        project_id: str,
+        version: str,
+    ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Answer /predict inside PREDICT_TIME_BUDGET_S: job-cached results first, then score in
+        chunks while the next chunk still fits (estimated from the last one); tasks left over get
+        a placeholder of the distinct version `<version>-pending` (empty result, score 0), which
+        Label Studio stores but which does not count as `version`, and go to the bulk job."""
+        from ml_backend.preannotate import pending_version
+
+        assert self.bulk is not None
+        started = time.perf_counter()
+        budget_s = self.settings.predict_time_budget_s
+        ids = [task.get("id") if isinstance(task.get("id"), int) else None for task in tasks]
+        cached = self.bulk.cached(project_id, version, [i for i in ids if i is not None])
+        results: list[dict[str, Any] | None] = [cached.get(i) if i is not None else None for i in ids]
+        todo = [index for index, result in enumerate(results) if result is None]
+        chunk = max(1, self.settings.llm_batch_size)
+        seconds_per_task: float | None = None
+        while todo:
+            elapsed = time.perf_counter() - started
+            fits = budget_s > 0 and (
+                seconds_per_task is None or elapsed + seconds_per_task * min(chunk, len(todo)) <= budget_s
+            )
+            if not fits:
+                break
+            part, todo = todo[:chunk], todo[chunk:]
+            part_started = time.perf_counter()
+            scored = score([tasks[i] for i in part])
+            seconds_per_task = (time.perf_counter() - part_started) / len(part)
+            for index, prediction in zip(part, scored):
+                results[index] = prediction
+        without_id = [index for index in todo if ids[index] is None]
+        if without_id:  # cannot be handed to the job: score them whatever the budget
+            scored = score([tasks[i] for i in without_id])
+            for index, prediction in zip(without_id, scored):
+                results[index] = prediction
+        deferred = [index for index in todo if ids[index] is not None]
+        for index in deferred:
+            results[index] = {"result": [], "score": 0.0, "model_version": pending_version(version)}
+        answered = [ids[i] for i, r in enumerate(results) if ids[i] is not None and r["model_version"] == version]
+        self.bulk.mark_answered(project_id, version, answered)
+        if deferred:
+            self.bulk.trigger(project_id, [ids[i] for i in deferred], reason="predict_overflow")
+        counts = {"cached": len(cached), "scored": len(tasks) - len(cached) - len(deferred), "deferred": len(deferred)}
+        return [r for r in results if r is not None], counts
+
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
         """Called for every webhook; training on annotations is not part of this service yet."""
         project_id = project_id_of(data.get("project"))
+        if event == "TASKS_CREATED":
+            return self._tasks_created(project_id, data)
         if event in TRAINING_EVENTS:
             log.info("event=fit_skipped reason=training_not_enabled action=%s project=%s", event, project_id)
             return {"status": "skipped", "reason": "training is not enabled in this version"}
         log.info("event=webhook_ignored action=%s project=%s", event, project_id)
         return {"status": "ignored"}
+
+    def _tasks_created(self, project_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
+        """Imports: pre-annotate the new tasks in the background (the webhook must answer in < 1 s)."""
+        if self.bulk is None or not self.settings.preannotate_auto or not project_id or not project_id.isdigit():
+            return {"status": "ignored"}
+        task_ids = [t["id"] for t in data.get("tasks") or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
+        project = data.get("project")
+        state = self.store.load(project_id)
+        if not state.label_config and isinstance(project, dict) and isinstance(project.get("label_config"), str):
+            state.label_config = project["label_config"]  # a project whose /setup we missed
+            self.store.save(state)
+        if not state.label_config:
+            log.warning("event=tasks_created_unknown_project project=%s tasks=%d", project_id, len(task_ids))
+            return {"status": "ignored", "reason": "unknown project: connect it so /setup runs"}
+        enqueued = self.bulk.trigger(project_id, task_ids or None, reason="tasks_created")
+        return {"status": "queued", "job_id": enqueued.job_id, "tasks": len(task_ids)}
 
     def versions(self, project: Any = None) -> list[str]:
         project_id = project_id_of(project)

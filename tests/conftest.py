@@ -87,7 +87,12 @@ def keyword_runtime() -> KeywordRuntime:
 def settings(tmp_path):
     from ml_backend.config import Settings
 
-    return Settings(model_dir=tmp_path / "store", bias_calibration="none", cache_dir=tmp_path / "cache")
+    # No background pre-annotation from /setup here: the recorded payloads name a Label Studio
+    # that unit tests must not call (tests/unit/test_preannotate.py turns it on where it is the subject).
+    return Settings(
+        model_dir=tmp_path / "store", bias_calibration="none", cache_dir=tmp_path / "cache", preannotate_auto=False,
+        redis_url=None,
+    )
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ against T for merely reading the task (the benchmark's floor).
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -28,13 +27,19 @@ from llama_cpp import _internals as internals
 from llama_cpp._logger import set_verbose as set_llama_log_verbosity
 
 from ml_backend.llm.base import ContinuationTrie, LLMRuntime, ProgressCallback, log_sum_exp
+from ml_backend.llm.priority import PriorityLock
 from ml_backend.llm.prompts import ChatFormat
 
 log = logging.getLogger(__name__)
 
 
 class LlamaCppRuntime(LLMRuntime):
-    """Loads a GGUF once per process; thread-safe (one scoring call at a time)."""
+    """Loads a GGUF once per process; thread-safe (one task's forward pass at a time).
+
+    The context is locked per task, not per call, with a `PriorityLock`: a background
+    caller (the bulk job, inside `priority.background_work()`) lets a waiting interactive
+    `/predict` go first between two tasks.
+    """
 
     def __init__(self, model_path: Path, *, n_ctx: int = 2048, n_threads: int = 2, name: str | None = None):
         self.model_path = Path(model_path)
@@ -58,7 +63,7 @@ class LlamaCppRuntime(LLMRuntime):
         self._n_vocab = self._model.n_vocab()
         self._batch = internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=self._max_sequences, verbose=False)
         self._cached_prefix: list[int] = []
-        self._lock = threading.Lock()
+        self._lock = PriorityLock()
         metadata = self._model.metadata()
         self._chat_format = ChatFormat(
             template=metadata.get("tokenizer.chat_template"),
@@ -103,15 +108,18 @@ class LlamaCppRuntime(LLMRuntime):
             for start in range(0, len(continuations), self._max_sequences)
         ]
         tries = [ContinuationTrie.build([continuations[c] for c in group]) for group in groups]
-        with self._lock:
-            self._ensure_prefix(list(prefix))
-            for task_index, task_tokens in enumerate(tasks):
-                if not task_tokens:
-                    raise ValueError(f"task {task_index} has no tokens")
+        prefix = list(prefix)
+        for task_index, task_tokens in enumerate(tasks):
+            if not task_tokens:
+                raise ValueError(f"task {task_index} has no tokens")
+            # Locked per task: another caller (another project's prefix) may run in between,
+            # so the prefix is re-checked each time (a no-op when it is still cached).
+            with self._lock:
+                self._ensure_prefix(prefix)
                 for group, trie in zip(groups, tries):
                     scores[task_index, group] = self._score_one(task_tokens, trie)
-                if progress is not None:
-                    progress(1)
+            if progress is not None:
+                progress(1)
         return scores
 
     def forward_only(self, prefix: Sequence[int], tasks: Sequence[Sequence[int]]) -> None:

@@ -177,3 +177,26 @@ def ls_client(label_studio):
 
     # Generous: "Retrieve predictions" blocks until Label Studio has our /predict answer (up to 100 s).
     return LabelStudio(base_url=label_studio, api_key=LS_TOKEN, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A throw-away redis-server on a free port, no persistence (`.ci/run` installs Debian redis-server)."""
+    import shutil
+
+    binary = shutil.which("redis-server")
+    require(binary is not None, "redis-server not found: apt-get install redis-server (.ci/run does)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    import redis
+
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_until(lambda: redis.Redis.from_url(url).ping(), timeout=20, what="redis-server", process=process)
+    yield url
+    stop(process)

@@ -1,0 +1,195 @@
+"""Command line for background work: pre-annotate, watch progress, run an rq worker.
+
+    python -m ml_backend.cli preannotate --project 3 [--tasks 1,2,3] [--here] [--wait]
+    python -m ml_backend.cli status [--project 3]
+    python -m ml_backend.cli new-version --project 3
+    python -m ml_backend.cli worker [--burst]
+
+Settings come from the environment, as for the server (REDIS_URL, MODEL_DIR, LABEL_STUDIO_URL, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ml_backend.config import Settings
+
+DESCRIPTION = """Background pre-annotation for the Label Studio LLM backend.
+
+With REDIS_URL set, `preannotate` queues a job for the rq workers (coalesced with any job
+already queued for the project) and `status` shows the progress every worker reports.
+Without REDIS_URL (or with --here) the job runs in this process, with a progress bar.
+The project must have been connected to the backend (Label Studio's /setup stores its
+labeling config in MODEL_DIR), and the backend needs Label Studio's URL and token:
+LABEL_STUDIO_URL + LABEL_STUDIO_API_KEY, or the ones /setup stored.
+
+Without REDIS_URL, prefer `POST /preannotate` on the running server: a job run here does
+not coordinate with the server's own in-process job."""
+
+
+def _task_ids(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise SystemExit(f"--tasks must be comma-separated task ids, got {text!r}") from None
+
+
+def _require_project(settings: Settings, project: str) -> None:
+    from ml_backend.model_store import ModelStore
+
+    if not ModelStore(settings.model_dir).exists(project):
+        raise SystemExit(
+            f"project {project} is unknown in MODEL_DIR={settings.model_dir}: connect it to the backend in "
+            "Label Studio first (that calls /setup), and run this command with the server's MODEL_DIR"
+        )
+
+
+def cmd_preannotate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ml_backend.jobs import get_context, new_job_id, run_job
+    from ml_backend.preannotate import JOB, _request_key, coalesce_key, trigger
+
+    settings = Settings()
+    project = str(args.project)
+    _require_project(settings, project)
+    context = get_context(settings)
+    task_ids = _task_ids(args.tasks)
+
+    if settings.redis_url and not args.here:
+        enqueued = trigger(context, project, task_ids, reason="cli")
+        print(f"{'joined queued' if enqueued.coalesced else 'queued'} job {enqueued.job_id} for project {project}")
+        return _watch(context, project) if args.wait else 0
+
+    # In this process: record the request, then run the job here (still coalesced through the lease).
+    context.kv.sadd(_request_key(project), ["*"] if task_ids is None else [str(t) for t in task_ids])
+    bar = tqdm(total=0, unit="task", desc=f"project {project}", dynamic_ncols=True)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        summary = run_job(
+            JOB, [project], coalesce_key(project), new_job_id("cli"), context=context,
+            job_kwargs={"on_progress": on_progress},
+        )
+    finally:
+        bar.close()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _watch(context, project: str) -> int:
+    from tqdm import tqdm
+
+    from ml_backend.progress import DONE, FAILED, RUNNING, ProgressStore
+
+    store = ProgressStore(context.kv)
+    bar = tqdm(total=0, unit="task", desc=f"project {project}", dynamic_ncols=True)
+    seen_running = False
+    try:
+        while True:
+            record = store.get(project)
+            if record is not None:
+                bar.total, bar.n = record.total, record.done
+                bar.set_postfix(state=record.state, version=record.model_version or "-")
+                seen_running |= record.state == RUNNING
+                if seen_running and record.state in (DONE, FAILED):
+                    bar.refresh()
+                    if record.state == FAILED:
+                        print(f"\nfailed: {record.last_error}", file=sys.stderr)
+                        return 1
+                    return 0
+            time.sleep(1)
+    finally:
+        bar.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ml_backend.jobs import get_context
+    from ml_backend.preannotate import BulkPreannotation
+
+    settings = Settings()
+    if not settings.redis_url:
+        raise SystemExit("status needs REDIS_URL (without Redis, progress lives in the server: GET /preannotate/status)")
+    bulk = BulkPreannotation(get_context(settings))
+    payload = bulk.status(str(args.project)) if args.project else {"projects": bulk.all_status()}
+    print(json.dumps(payload, indent=2))
+    return 0
+
+
+def cmd_new_version(args: argparse.Namespace) -> int:
+    from ml_backend.jobs import get_context
+    from ml_backend.preannotate import publish_new_version
+
+    settings = Settings()
+    _require_project(settings, str(args.project))
+    if not settings.redis_url:
+        print("note: without REDIS_URL the job runs in the server only after its next /setup", file=sys.stderr)
+    version = publish_new_version(str(args.project), context=get_context(settings))
+    print(f"project {args.project}: new model version {version}; pre-annotation queued")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import redis
+    from rq import Queue
+    from rq.worker import SimpleWorker
+
+    from ml_backend.app import configure_logging
+
+    settings = Settings()
+    if not settings.redis_url:
+        raise SystemExit("worker needs REDIS_URL")
+    configure_logging(settings.log_level)
+    connection = redis.Redis.from_url(settings.redis_url)
+    # SimpleWorker runs jobs in this process, so the model loads once and serves every job;
+    # the scheduler runs the delayed retries.
+    worker = SimpleWorker([Queue(settings.rq_queue, connection=connection)], connection=connection)
+    worker.work(burst=args.burst, with_scheduler=True, logging_level=settings.log_level.upper())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_backend.cli", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pre = commands.add_parser("preannotate", help="pre-annotate a project (or some of its tasks) in the background")
+    pre.add_argument("--project", required=True, type=int, help="Label Studio project id")
+    pre.add_argument("--tasks", help="comma-separated task ids (default: every task of the project)")
+    pre.add_argument("--here", action="store_true", help="run the job in this process even when REDIS_URL is set")
+    pre.add_argument("--wait", action="store_true", help="with REDIS_URL: follow the queued job's progress")
+    pre.set_defaults(func=cmd_preannotate)
+
+    status = commands.add_parser("status", help="progress of background pre-annotation (needs REDIS_URL)")
+    status.add_argument("--project", type=int, help="one project (default: all)")
+    status.set_defaults(func=cmd_status)
+
+    version = commands.add_parser(
+        "new-version", help="bump a project's model version (as a retrain does) and re-annotate every unlabeled task"
+    )
+    version.add_argument("--project", required=True, type=int)
+    version.set_defaults(func=cmd_new_version)
+
+    worker = commands.add_parser("worker", help="run an rq worker for the job queue (needs REDIS_URL)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,384 @@
+"""Background jobs: one interface, two runners, the same job functions.
+
+* `RqRunner` (when `REDIS_URL` is set): jobs go to an rq queue in Redis; any number of
+  `rq worker` processes on any number of hosts run them (see README, "Workers").
+* `InProcessRunner` (the embedded default): a daemon thread in the web process runs them,
+  sharing the process's one model with `/predict`.
+
+A job is a top-level function named by its dotted path, called as `func(*args, context=ctx)`.
+Workers are separate processes, so a job builds what it needs from `Settings()` through
+`get_context()` (cached per process, so an rq `SimpleWorker` loads the model once and
+reuses it for every job); the in-process runner passes the web app's own context instead.
+
+**Coalescing** (per `coalesce_key`, e.g. one key per project): at most one job queued and
+one running. Enqueueing while a job is queued returns that job (`coalesced=True`); the
+caller records *what* to do elsewhere before enqueueing (see `preannotate.py`), so the
+queued job picks up every request made while it waited. A job that starts waits for the
+key's running **lease** (renewed by a heartbeat thread, so a SIGKILLed job frees it after
+`JOB_LEASE_S`), then clears the queued marker, so a new request can queue behind it.
+
+**Timeouts**: rq stops a job after `JOB_TIMEOUT_S`; both runners also set a deadline that
+long-running job loops check with `check_deadline()` (the in-process runner cannot kill a
+thread). **Retries** with backoff: `JOB_RETRIES` times, waiting `JOB_RETRY_BACKOFF_S` × 4^n.
+**Failures** are logged (`event=job_failed`), kept by rq's FailedJobRegistry or the
+in-process runner's job table, and recorded by the job itself where users look (progress).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ml_backend.config import Settings
+from ml_backend.kv import KEY_PREFIX, KV, kv_from_settings
+
+log = logging.getLogger(__name__)
+
+LEASE_POLL_S = 0.5  # how often a job waiting for its key's running lease looks again
+RUN_JOB = "ml_backend.jobs.run_job"  # what both runners actually execute
+
+
+class JobTimeout(Exception):
+    """A job ran past JOB_TIMEOUT_S."""
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: str
+    coalesced: bool  # True: an already queued job for the same key will do this work
+
+
+@dataclass
+class JobContext:
+    """What a job needs, built once per process (`get_context`) or handed over by the web app."""
+
+    settings: Settings
+    kv: KV
+    backend: Any  # ml_backend.model.LLMBackend; its model loads lazily on first use
+    runner: "JobRunner | None" = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def queued_key(coalesce_key: str) -> str:
+    return f"{KEY_PREFIX}queued:{coalesce_key}"
+
+
+def running_key(coalesce_key: str) -> str:
+    return f"{KEY_PREFIX}running:{coalesce_key}"
+
+
+def new_job_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def resolve(func_path: str) -> Callable[..., Any]:
+    module_name, _, name = func_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
+# --- the per-process context of worker processes ---------------------------------------------
+_contexts: dict[str, JobContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def get_context(settings: Settings | None = None) -> JobContext:
+    """The process's job context for these settings; created on first use, then reused.
+
+    Nothing heavy happens here: the model loads on the first scoring call, once per process.
+    """
+    settings = settings or Settings()
+    key = settings.model_dump_json()
+    with _contexts_lock:
+        context = _contexts.get(key)
+        if context is None:
+            from ml_backend.llm import load_runtime
+            from ml_backend.model import LLMBackend
+            from ml_backend.model_store import ModelStore
+
+            kv = kv_from_settings(settings)
+            backend = LLMBackend(settings, lambda: load_runtime(settings), ModelStore(settings.model_dir))
+            context = JobContext(settings=settings, kv=kv, backend=backend)
+            context.runner = make_runner(settings, kv, context)
+            _contexts[key] = context
+        return context
+
+
+# --- deadline ---------------------------------------------------------------------------------
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("job_deadline", default=None)
+
+
+def check_deadline() -> None:
+    """Raise JobTimeout if the current job ran past its timeout (call between batches)."""
+    deadline = _deadline.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise JobTimeout("the job ran longer than JOB_TIMEOUT_S")
+
+
+# --- running lease ----------------------------------------------------------------------------
+class _Lease:
+    """The right to run the one job of a coalesce key; kept alive by a heartbeat thread."""
+
+    def __init__(self, kv: KV, key: str, owner: str, ttl_s: float) -> None:
+        self.kv, self.key, self.owner, self.ttl_s = kv, key, owner, ttl_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self, deadline: float) -> None:
+        waited = False
+        while not self.kv.set_nx(self.key, self.owner, ttl_s=self.ttl_s):
+            if not waited:
+                log.info("event=job_waiting_for_lease key=%s job=%s holder=%s", self.key, self.owner, self.kv.get(self.key))
+                waited = True
+            if time.monotonic() > deadline:
+                raise JobTimeout(f"waited JOB_TIMEOUT_S for {self.key}")
+            time.sleep(LEASE_POLL_S)
+        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.owner}", daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            if not self.kv.renew(self.key, self.owner, ttl_s=self.ttl_s):
+                log.error("event=lease_lost key=%s job=%s", self.key, self.owner)
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.kv.release(self.key, self.owner)
+
+
+def run_job(
+    func_path: str,
+    args: tuple | list,
+    coalesce_key: str | None,
+    job_id: str,
+    *,
+    context: JobContext | None = None,
+    job_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """What a worker executes: take the key's lease, clear the queued marker, run the job.
+
+    `job_kwargs` (in-process callers only, e.g. the CLI's progress bar) go to the job function.
+    """
+    context = context or get_context()
+    settings = context.settings
+    deadline = time.monotonic() + settings.job_timeout_s
+    token = _deadline.set(deadline)
+    lease = None
+    started = time.perf_counter()
+    try:
+        if coalesce_key is not None:
+            lease = _Lease(context.kv, running_key(coalesce_key), job_id, settings.job_lease_s)
+            lease.acquire(deadline)
+            context.kv.release(queued_key(coalesce_key), job_id)
+        log.info("event=job_started job=%s func=%s args=%s", job_id, func_path, list(args))
+        result = resolve(func_path)(*args, context=context, **(job_kwargs or {}))
+        log.info("event=job_finished job=%s func=%s ms=%d", job_id, func_path, (time.perf_counter() - started) * 1000)
+        return result
+    except Exception as exc:
+        log.exception("event=job_failed job=%s func=%s error=%s", job_id, func_path, _one_line(exc))
+        raise
+    finally:
+        if lease is not None:
+            lease.release()
+        _deadline.reset(token)
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+
+
+def retry_intervals(settings: Settings) -> list[int]:
+    """Seconds to wait before retry 1, 2, ...: backoff × 4^n."""
+    return [settings.job_retry_backoff_s * 4**n for n in range(settings.job_retries)]
+
+
+# --- runners ----------------------------------------------------------------------------------
+class JobRunner(ABC):
+    def __init__(self, settings: Settings, kv: KV) -> None:
+        self.settings = settings
+        self.kv = kv
+
+    def enqueue(self, func_path: str, *args: Any, job_id: str | None = None, coalesce_key: str | None = None) -> Enqueued:
+        """Run `func_path(*args, context=...)` in the background, at most one queued per coalesce_key."""
+        job_id = job_id or new_job_id(func_path.rpartition(".")[2])
+        if coalesce_key is not None:
+            marker = queued_key(coalesce_key)
+            # A queued job waits at most JOB_TIMEOUT_S for its lease, so an older marker is stale.
+            while not self.kv.set_nx(marker, job_id, ttl_s=self.settings.job_timeout_s + 60):
+                queued = self.kv.get(marker)
+                if queued is None:
+                    continue
+                if self._is_pending(queued):
+                    return Enqueued(job_id=queued, coalesced=True)
+                self.kv.release(marker, queued)  # its job is gone (lost queue, crashed process)
+        self._submit(job_id, func_path, tuple(args), coalesce_key)
+        log.info("event=job_enqueued job=%s func=%s args=%s runner=%s", job_id, func_path, list(args), self.kind)
+        return Enqueued(job_id=job_id, coalesced=False)
+
+    def queued_job(self, coalesce_key: str) -> str | None:
+        return self.kv.get(queued_key(coalesce_key))
+
+    def running_job(self, coalesce_key: str) -> str | None:
+        return self.kv.get(running_key(coalesce_key))
+
+    kind: str = "abstract"
+
+    @abstractmethod
+    def _submit(self, job_id: str, func_path: str, args: tuple, coalesce_key: str | None) -> None: ...
+
+    @abstractmethod
+    def _is_pending(self, job_id: str) -> bool:
+        """Whether the job is still waiting to run (queued, scheduled for a retry, or waiting for its lease)."""
+
+    @abstractmethod
+    def job_status(self, job_id: str) -> dict[str, Any] | None: ...
+
+
+class InProcessRunner(JobRunner):
+    """One daemon thread per process runs jobs in order; started on the first enqueue."""
+
+    kind = "in-process"
+
+    def __init__(self, settings: Settings, kv: KV, context: JobContext) -> None:
+        super().__init__(settings, kv)
+        self.context = context
+        self._queue: queue.Queue[tuple[str, str, tuple, str | None, int]] = queue.Queue()
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _submit(self, job_id, func_path, args, coalesce_key, attempt: int = 0):
+        with self._lock:
+            self._jobs[job_id] = {"id": job_id, "status": "queued", "func": func_path, "args": list(args),
+                                  "attempts": attempt, "error": None}
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="background-jobs", daemon=True)
+                self._thread.start()
+        self._queue.put((job_id, func_path, args, coalesce_key, attempt))
+
+    def _set(self, job_id: str, **changes: Any) -> None:
+        with self._lock:
+            self._jobs.setdefault(job_id, {"id": job_id}).update(changes)
+
+    def _work(self) -> None:
+        while True:
+            job_id, func_path, args, coalesce_key, attempt = self._queue.get()
+            self._set(job_id, status="started", attempts=attempt + 1)
+            try:
+                run_job(func_path, args, coalesce_key, job_id, context=self.context)
+            except Exception as exc:  # noqa: BLE001 - a failed job must not kill the worker thread
+                intervals = retry_intervals(self.settings)
+                if attempt < len(intervals):
+                    self._set(job_id, status="scheduled", error=_one_line(exc))
+                    timer = threading.Timer(
+                        intervals[attempt], self._submit, (job_id, func_path, args, coalesce_key, attempt + 1)
+                    )
+                    timer.daemon = True
+                    timer.start()
+                    log.warning("event=job_retry_scheduled job=%s attempt=%d in_s=%d", job_id, attempt + 1, intervals[attempt])
+                else:
+                    self._set(job_id, status="failed", error=_one_line(exc))
+            else:
+                self._set(job_id, status="finished", error=None)
+            finally:
+                self._queue.task_done()
+
+    def _is_pending(self, job_id):
+        status = (self.job_status(job_id) or {}).get("status")
+        return status in ("queued", "scheduled", "started")
+
+    def job_status(self, job_id):
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return dict(job) if job else None
+
+    def wait_idle(self, timeout_s: float = 60) -> bool:
+        """Tests and the CLI: wait until every submitted job ran (retries scheduled later are not waited for)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+class RqRunner(JobRunner):
+    """Jobs on an rq queue; `rq worker` processes anywhere run them (README: "Workers")."""
+
+    kind = "rq"
+
+    def __init__(self, settings: Settings, kv: KV) -> None:
+        super().__init__(settings, kv)
+        from rq import Queue
+
+        from ml_backend.kv import RedisKV
+
+        if not isinstance(kv, RedisKV):
+            raise TypeError("RqRunner needs the Redis store (REDIS_URL)")
+        import redis
+
+        # rq stores pickled bytes: its connection must not decode responses.
+        self.connection = redis.Redis.from_url(settings.redis_url)
+        self.queue = Queue(settings.rq_queue, connection=self.connection)
+
+    def _submit(self, job_id, func_path, args, coalesce_key):
+        from rq import Retry
+
+        intervals = retry_intervals(self.settings)
+        self.queue.enqueue(
+            RUN_JOB,
+            func_path,
+            list(args),
+            coalesce_key,
+            job_id,
+            job_id=job_id,
+            job_timeout=self.settings.job_timeout_s,
+            retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+            result_ttl=24 * 3600,
+            failure_ttl=7 * 24 * 3600,
+            description=f"{func_path}{tuple(args)}",
+        )
+
+    def _fetch(self, job_id: str):
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            return Job.fetch(job_id, connection=self.connection)
+        except NoSuchJobError:
+            return None
+
+    def _is_pending(self, job_id):
+        job = self._fetch(job_id)
+        if job is None:
+            return False
+        return job.get_status(refresh=True) in ("queued", "scheduled", "deferred", "started")
+
+    def job_status(self, job_id):
+        job = self._fetch(job_id)
+        if job is None:
+            return None
+        status = job.get_status(refresh=True)
+        status = getattr(status, "value", status)  # rq's JobStatus enum → "queued", "failed", ...
+        error = None
+        if status == "failed":
+            result = job.latest_result()
+            error = (result.exc_string or "").strip().splitlines()[-1:] if result else None
+            error = error[0] if error else None
+        return {"id": job_id, "status": status, "error": error, "retries_left": job.retries_left}
+
+
+def make_runner(settings: Settings, kv: KV, context: JobContext) -> JobRunner:
+    if settings.redis_url:
+        return RqRunner(settings, kv)
+    return InProcessRunner(settings, kv, context)

@@ -1,0 +1,245 @@
+"""The small shared store behind jobs, progress and the prediction cache: Redis or process memory.
+
+With `REDIS_URL` every process (gunicorn workers, rq workers on other hosts, the CLI) sees
+the same coalescing markers, leases, progress records and cached predictions. Without it,
+`MemoryKV` gives the same semantics inside one process (the embedded default).
+
+Values are strings; callers encode JSON themselves. Only the handful of operations the
+callers need exist, each atomic in both implementations.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from typing import Iterable
+
+KEY_PREFIX = "lsllm:"  # every key this service writes to Redis starts with this
+
+
+class KV(ABC):
+    @abstractmethod
+    def get(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def set(self, key: str, value: str, *, ttl_s: float | None = None) -> None: ...
+
+    @abstractmethod
+    def set_nx(self, key: str, value: str, *, ttl_s: float | None = None) -> bool:
+        """Set only if absent; True if this call set it."""
+
+    @abstractmethod
+    def renew(self, key: str, value: str, *, ttl_s: float) -> bool:
+        """Extend the TTL only if the key still holds `value` (a lease its owner keeps alive)."""
+
+    @abstractmethod
+    def release(self, key: str, value: str) -> bool:
+        """Delete only if the key still holds `value`."""
+
+    @abstractmethod
+    def delete(self, *keys: str) -> None: ...
+
+    @abstractmethod
+    def sadd(self, key: str, members: Iterable[str]) -> None: ...
+
+    @abstractmethod
+    def smembers(self, key: str) -> set[str]: ...
+
+    @abstractmethod
+    def move_set(self, source: str, destination: str) -> set[str]:
+        """destination ∪= source; delete source; return destination's members. Atomic."""
+
+    @abstractmethod
+    def hset(self, key: str, mapping: dict[str, str], *, ttl_s: float | None = None) -> None: ...
+
+    @abstractmethod
+    def hget_many(self, key: str, fields: Iterable[str]) -> dict[str, str]:
+        """The fields that exist, as {field: value}."""
+
+    @abstractmethod
+    def hgetall(self, key: str) -> dict[str, str]: ...
+
+
+class MemoryKV(KV):
+    """One process's store; expired keys vanish on access."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, object] = {}
+        self._expires: dict[str, float] = {}
+        self._lock = threading.RLock()
+
+    def _live(self, key: str):
+        deadline = self._expires.get(key)
+        if deadline is not None and time.monotonic() >= deadline:
+            self._data.pop(key, None)
+            self._expires.pop(key, None)
+        return self._data.get(key)
+
+    def _expire(self, key: str, ttl_s: float | None) -> None:
+        if ttl_s is None:
+            self._expires.pop(key, None)
+        else:
+            self._expires[key] = time.monotonic() + ttl_s
+
+    def get(self, key):
+        with self._lock:
+            value = self._live(key)
+            return value if isinstance(value, str) else None
+
+    def set(self, key, value, *, ttl_s=None):
+        with self._lock:
+            self._data[key] = value
+            self._expire(key, ttl_s)
+
+    def set_nx(self, key, value, *, ttl_s=None):
+        with self._lock:
+            if self._live(key) is not None:
+                return False
+            self.set(key, value, ttl_s=ttl_s)
+            return True
+
+    def renew(self, key, value, *, ttl_s):
+        with self._lock:
+            if self._live(key) != value:
+                return False
+            self._expire(key, ttl_s)
+            return True
+
+    def release(self, key, value):
+        with self._lock:
+            if self._live(key) != value:
+                return False
+            self.delete(key)
+            return True
+
+    def delete(self, *keys):
+        with self._lock:
+            for key in keys:
+                self._data.pop(key, None)
+                self._expires.pop(key, None)
+
+    def sadd(self, key, members):
+        with self._lock:
+            current = self._live(key)
+            values = set(current) if isinstance(current, set) else set()
+            values.update(members)
+            if values:
+                self._data[key] = values
+
+    def smembers(self, key):
+        with self._lock:
+            value = self._live(key)
+            return set(value) if isinstance(value, set) else set()
+
+    def move_set(self, source, destination):
+        with self._lock:
+            merged = self.smembers(destination) | self.smembers(source)
+            self.delete(source)
+            if merged:
+                self._data[destination] = set(merged)
+            return merged
+
+    def hset(self, key, mapping, *, ttl_s=None):
+        with self._lock:
+            current = self._live(key)
+            values = dict(current) if isinstance(current, dict) else {}
+            values.update(mapping)
+            self._data[key] = values
+            if ttl_s is not None:
+                self._expire(key, ttl_s)
+
+    def hget_many(self, key, fields):
+        with self._lock:
+            value = self._live(key)
+            if not isinstance(value, dict):
+                return {}
+            return {field: value[field] for field in fields if field in value}
+
+    def hgetall(self, key):
+        with self._lock:
+            value = self._live(key)
+            return dict(value) if isinstance(value, dict) else {}
+
+
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+
+class RedisKV(KV):
+    """The shared store: several web processes and rq workers coordinate through it."""
+
+    def __init__(self, client) -> None:
+        self.client = client  # a redis.Redis with decode_responses=True
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+
+    @classmethod
+    def from_url(cls, url: str) -> "RedisKV":
+        import redis
+
+        return cls(redis.Redis.from_url(url, decode_responses=True))
+
+    @staticmethod
+    def _ms(ttl_s: float | None) -> int | None:
+        return None if ttl_s is None else max(1, int(ttl_s * 1000))
+
+    def get(self, key):
+        return self.client.get(key)
+
+    def set(self, key, value, *, ttl_s=None):
+        self.client.set(key, value, px=self._ms(ttl_s))
+
+    def set_nx(self, key, value, *, ttl_s=None):
+        return bool(self.client.set(key, value, nx=True, px=self._ms(ttl_s)))
+
+    def renew(self, key, value, *, ttl_s):
+        return bool(self._renew(keys=[key], args=[value, self._ms(ttl_s)]))
+
+    def release(self, key, value):
+        return bool(self._release(keys=[key], args=[value]))
+
+    def delete(self, *keys):
+        if keys:
+            self.client.delete(*keys)
+
+    def sadd(self, key, members):
+        members = list(members)
+        if members:
+            self.client.sadd(key, *members)
+
+    def smembers(self, key):
+        return set(self.client.smembers(key))
+
+    def move_set(self, source, destination):
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.sunionstore(destination, [destination, source])
+            pipe.delete(source)
+            pipe.smembers(destination)
+            return set(pipe.execute()[2])
+
+    def hset(self, key, mapping, *, ttl_s=None):
+        if not mapping:
+            return
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=mapping)
+            if ttl_s is not None:
+                pipe.pexpire(key, self._ms(ttl_s))
+            pipe.execute()
+
+    def hget_many(self, key, fields):
+        fields = list(fields)
+        if not fields:
+            return {}
+        values = self.client.hmget(key, fields)
+        return {field: value for field, value in zip(fields, values) if value is not None}
+
+    def hgetall(self, key):
+        return dict(self.client.hgetall(key))
+
+
+def kv_from_settings(settings) -> KV:
+    """Redis when REDIS_URL is set, else a new in-process store."""
+    if settings.redis_url:
+        return RedisKV.from_url(settings.redis_url)
+    return MemoryKV()

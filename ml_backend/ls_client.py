@@ -1,0 +1,134 @@
+"""Label Studio's API, as the pre-annotation job uses it (label-studio-sdk 2.1.2, LS 1.23.2).
+
+Credentials: `LABEL_STUDIO_URL` + `LABEL_STUDIO_API_KEY` when set, else the `hostname` and
+`access_token` Label Studio sent with the project's `/setup` (kept in the model store; its
+file is created 0600). The token may be a legacy token: `LabelStudio(base_url, api_key=token)`
+sends `Authorization: Token <t>`.
+
+Writes: `projects.import_predictions` (one request per batch; verified on 1.23.2: it stores
+`result`, `score` and `model_version` but drops `cluster`), so predictions that carry a
+`cluster` go one by one through `predictions.create`, which keeps it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from ml_backend.config import Settings
+from ml_backend.model_store import ProjectState
+
+log = logging.getLogger(__name__)
+
+SETUP_URL_KEY = "ls_hostname"  # ProjectState.extra keys written by /setup
+SETUP_TOKEN_KEY = "ls_access_token"
+TASK_FIELDS = "id,data,predictions,total_annotations,is_labeled"
+
+
+class LabelStudioUnavailable(Exception):
+    """No way to reach Label Studio's API for this project (no URL or token known)."""
+
+
+@dataclass
+class TaskRecord:
+    """A task as the job sees it: its data and which prediction versions it already has."""
+
+    id: int
+    data: dict[str, Any]
+    labeled: bool
+    model_versions: set[str] = field(default_factory=set)
+    predictions: list[dict[str, Any]] = field(default_factory=list)  # {"id", "model_version"}
+
+    def as_task(self) -> dict[str, Any]:
+        return {"id": self.id, "data": self.data}
+
+
+def credentials(settings: Settings, state: ProjectState) -> tuple[str, str]:
+    url = settings.label_studio_url or state.extra.get(SETUP_URL_KEY)
+    token = settings.label_studio_api_key or state.extra.get(SETUP_TOKEN_KEY)
+    if not url or not token:
+        raise LabelStudioUnavailable(
+            f"project {state.project_id}: no Label Studio URL/token; set LABEL_STUDIO_URL and "
+            "LABEL_STUDIO_API_KEY, or connect the project so that /setup sends them"
+        )
+    return url.rstrip("/"), token
+
+
+def remember_setup_credentials(state: ProjectState, hostname: Any, access_token: Any) -> bool:
+    """Store what /setup sent; True if something changed (the caller saves the state)."""
+    changed = False
+    for key, value in ((SETUP_URL_KEY, hostname), (SETUP_TOKEN_KEY, access_token)):
+        if isinstance(value, str) and value and state.extra.get(key) != value:
+            state.extra[key] = value
+            changed = True
+    return changed
+
+
+class ProjectClient:
+    """One Label Studio project through label-studio-sdk."""
+
+    def __init__(self, url: str, token: str, project_id: int, *, timeout_s: float = 60.0) -> None:
+        from label_studio_sdk import LabelStudio
+
+        self.url = url
+        self.project_id = int(project_id)
+        self.sdk = LabelStudio(base_url=url, api_key=token, timeout=timeout_s)
+
+    @classmethod
+    def for_project(cls, settings: Settings, state: ProjectState) -> "ProjectClient":
+        url, token = credentials(settings, state)
+        return cls(url, token, int(state.project_id), timeout_s=settings.label_studio_timeout_s)
+
+    def tasks(self, task_ids: Iterable[int] | None = None, *, page_size: int = 500) -> Iterator[TaskRecord]:
+        """The project's tasks (or the selected ones), with their predictions' versions."""
+        query = None
+        if task_ids is not None:
+            query = json.dumps({"selectedItems": {"all": False, "included": sorted(int(t) for t in task_ids)}})
+        pager = self.sdk.tasks.list(
+            project=self.project_id, fields="all", include=TASK_FIELDS, page_size=page_size, query=query
+        )
+        for task in pager:
+            raw = task.dict() if hasattr(task, "dict") else dict(task)
+            predictions = [
+                {"id": p.get("id"), "model_version": p.get("model_version")}
+                for p in (raw.get("predictions") or [])
+                if isinstance(p, dict)
+            ]
+            yield TaskRecord(
+                id=int(raw["id"]),
+                data=raw.get("data") or {},
+                labeled=bool(raw.get("is_labeled")) or int(raw.get("total_annotations") or 0) > 0,
+                model_versions={p["model_version"] for p in predictions if p["model_version"]},
+                predictions=predictions,
+            )
+
+    def write_predictions(self, predictions: list[dict[str, Any]]) -> int:
+        """Store predictions (each with `task`); bulk when none carries a cluster. Returns how many."""
+        if not predictions:
+            return 0
+        with_cluster = [p for p in predictions if p.get("cluster") is not None]
+        bulk = [p for p in predictions if p.get("cluster") is None]
+        written = 0
+        if bulk:
+            response = self.sdk.projects.import_predictions(id=self.project_id, request=bulk)
+            written += int(getattr(response, "created", None) or len(bulk))
+        for prediction in with_cluster:
+            self.sdk.predictions.create(**prediction)
+            written += 1
+        return written
+
+    def delete_predictions(self, prediction_ids: Iterable[int]) -> None:
+        for prediction_id in prediction_ids:
+            try:
+                self.sdk.predictions.delete(id=int(prediction_id))
+            except Exception as exc:  # noqa: BLE001 - a placeholder already gone is fine
+                log.warning("event=placeholder_delete_failed prediction=%s error=%s", prediction_id, exc)
+
+    def model_version(self) -> str | None:
+        return self.sdk.projects.get(id=self.project_id).model_version or None
+
+    def set_model_version(self, version: str) -> None:
+        """Point the project (uncertainty sampling, the labeling UI) at `version`."""
+        self.sdk.projects.update(id=self.project_id, model_version=version)
