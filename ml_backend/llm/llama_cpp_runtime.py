@@ -119,7 +119,16 @@ class LlamaCppRuntime(LLMRuntime):
             for task_tokens in tasks:
                 self._fill_batch(task_tokens, start, n_sequences=1, trie=None)
                 self._context.decode(self._batch)
-                self._context.kv_cache_seq_rm(-1, start, -1)
+                self._forget_from(start)
+
+    def _forget_from(self, position: int) -> None:
+        """Drop every sequence's KV cells at positions ≥ `position`.
+
+        Calls llama.cpp directly: llama-cpp-python's `LlamaContext.kv_cache_seq_rm` maps
+        seq_id -1 ("all sequences") to 0, which left the continuation sequences 1..n in the
+        cache, so the next task's decode failed ("sequence positions must be consecutive").
+        """
+        llama_cpp.llama_memory_seq_rm(self._context.memory, -1, position, -1)
 
     def _ensure_prefix(self, prefix: list[int]) -> None:
         """Keep the longest common part of the cached prefix; evaluate only the rest."""
@@ -133,7 +142,7 @@ class LlamaCppRuntime(LLMRuntime):
         if common == len(prefix) == len(self._cached_prefix):
             return
         common = min(common, len(prefix) - 1)  # always re-evaluate ≥ 1 token
-        self._context.kv_cache_seq_rm(-1, common, -1)
+        self._forget_from(common)
         remaining = prefix[common:]
         if len(prefix) >= self._n_ctx:
             raise ValueError(f"prompt prefix ({len(prefix)} tokens) does not fit the context ({self._n_ctx})")
@@ -205,4 +214,4 @@ class LlamaCppRuntime(LLMRuntime):
                 [sum(node_logprob[n] for n in trie.path(leaf)) for leaf in trie.leaf_of], dtype=np.float64
             )
         finally:
-            self._context.kv_cache_seq_rm(-1, start, -1)
+            self._forget_from(start)
