@@ -26,7 +26,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals as internals
 
-from ml_backend.llm.base import ContinuationTrie, LLMRuntime, ProgressCallback, log_sum_exp
+from ml_backend.llm.base import ContinuationTrie, LLMRuntime, ProgressCallback, cut_at_stop, log_sum_exp
 from ml_backend.llm.prompts import ChatFormat
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,47 @@ class LlamaCppRuntime(LLMRuntime):
         cache, so the next task's decode failed ("sequence positions must be consecutive").
         """
         llama_cpp.llama_memory_seq_rm(self._context.memory, -1, position, -1)
+
+    def generate(
+        self,
+        prefix: Sequence[int],
+        task: Sequence[int],
+        suffix: Sequence[int],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+    ) -> str:
+        """Greedy decoding in sequence 0 after the cached prefix; the prefix stays cached."""
+        prompt = list(task) + list(suffix)
+        if not prompt:
+            raise ValueError("nothing to generate from: task and suffix are empty")
+        with self._lock:
+            self._ensure_prefix(list(prefix))
+            start = len(self._cached_prefix)
+            if start + len(prompt) + max_tokens > self._n_ctx:
+                raise ValueError("prompt + task + generation exceed the context window; lower MAX_TEXT_TOKENS")
+            generated = bytearray()
+            try:
+                self._fill_batch(prompt, start, n_sequences=1, trie=None)
+                self._context.decode(self._batch)
+                position, last_row = start + len(prompt), len(prompt) - 1
+                for _ in range(max_tokens):
+                    logits = np.ctypeslib.as_array(
+                        llama_cpp.llama_get_logits_ith(self._context.ctx, last_row), shape=(self._n_vocab,)
+                    )
+                    token = int(np.argmax(logits))
+                    if llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                        break
+                    generated += self._model.detokenize([token], special=False)
+                    text, stopped = cut_at_stop(generated.decode("utf-8", errors="ignore"), stop)
+                    if stopped:
+                        return text
+                    self._fill_batch([token], position, n_sequences=1, trie=None)
+                    self._context.decode(self._batch)
+                    position, last_row = position + 1, 0
+            finally:
+                self._forget_from(start)
+        return cut_at_stop(generated.decode("utf-8", errors="ignore"), stop)[0]
 
     def _ensure_prefix(self, prefix: list[int]) -> None:
         """Keep the longest common part of the cached prefix; evaluate only the rest."""
