@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         "content_free",
         description="Correct the model's label prior without labels (see README).",
     )
+    ner_max_new_tokens: int = Field(
+        96, ge=8, le=1024, description="NER: most tokens generated per task when proposing entities."
+    )
     instruction: str | None = Field(
         None, description="Project-independent labeling instruction prepended to every prompt."
     )
@@ -58,6 +61,10 @@ class Settings(BaseSettings):
     # --- Label Studio ----------------------------------------------------------
     label_studio_url: str | None = Field(None, description="Label Studio base URL for API calls.")
     label_studio_api_key: str | None = Field(None, description="Label Studio legacy API token.")
+    label_studio_offsets: Literal["codepoint", "utf16"] = Field(
+        "codepoint",
+        description="Unit of NER span offsets: code points (Label Studio 1.23.2) or UTF-16 units (older versions).",
+    )
 
     # --- Storage, logging, auth ---------------------------------------------------
     model_dir: Path = Field(Path("model_store"), description="Per-project state (versions, calibration).")

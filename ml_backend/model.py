@@ -78,6 +78,8 @@ class LLMBackend:
             bias_calibration=self.settings.bias_calibration,
             max_text_tokens=self.settings.max_text_tokens,
             instruction=self.project_instruction(state),
+            ner_max_new_tokens=self.settings.ner_max_new_tokens,
+            offset_unit=self.settings.label_studio_offsets,
         )
 
     def model_version(self, state: ProjectState, spec: LabelSpec) -> str:
@@ -87,6 +89,8 @@ class LLMBackend:
         fingerprint = "|".join(
             [spec.config_hash, options.instruction or "", options.scoring_mode, options.bias_calibration]
         )
+        if spec.span_targets:  # NER settings change NER predictions only
+            fingerprint += f"|ner:{options.ner_max_new_tokens}:{options.offset_unit}"
         prompt_hash = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:8]
         return f"{self.model_name}-{prompt_hash}-v{state.version_counter}"
 
