@@ -49,7 +49,7 @@ class Settings(BaseSettings):
         description="Correct the model's label prior without labels (see README).",
     )
     ner_max_new_tokens: int = Field(
-        96, ge=8, le=1024, description="NER: most tokens generated per task when proposing entities."
+        64, ge=8, le=1024, description="NER: most tokens generated per task when proposing entities."
     )
     instruction: str | None = Field(
         None, description="Project-independent labeling instruction prepended to every prompt."

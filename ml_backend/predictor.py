@@ -38,7 +38,7 @@ class PredictionOptions:
     bias_calibration: str = "content_free"  # "none" | "content_free"
     max_text_tokens: int = 256
     instruction: str | None = None
-    ner_max_new_tokens: int = 96
+    ner_max_new_tokens: int = 64
     offset_unit: offsets.OffsetUnit = offsets.LABEL_STUDIO_OFFSET_UNIT
 
 

@@ -12,9 +12,7 @@ For each task text of one `<Labels>` target:
    prefix tree shares each question among its choices; everything is one batched decode.
    `label_probabilities` normalizes over the L+1 choices per span.
 4. **Decide** (`decide`): policy "proposed" (default) keeps the label the model generated and
-   scores it: region score = P(that label | span) among labels + none. A proposal whose
-   generated type is not in the config gets the argmax label, and is dropped if "none" wins.
-   Policy "scored" always takes the argmax and drops spans where "none" wins. On the shared
+   scores it: region score = P(that label | span) among labels + none. Policy "scored" always takes the argmax and drops spans where "none" wins. On the shared
    CoNLL/CLUENER samples the small default model's generated labels were right more often than
    its argmax answers (see benchmarks/bench_ner.py, which reports both), hence the default.
 
@@ -126,7 +124,7 @@ class NerExtractor:
         *,
         instruction: str | None = None,
         max_text_tokens: int = 256,
-        max_new_tokens: int = 96,
+        max_new_tokens: int = 64,
         policy: LabelPolicy = "proposed",
     ) -> None:
         self.runtime = runtime

@@ -60,6 +60,30 @@ class SpanScoringPrompt:
     answer_end: str
 
 
+def demonstrations_from_rows(rows: Sequence[dict], target: Target, k: int) -> list[NerDemonstration]:
+    """k demonstrations from labeled rows `{"text", "entities": [{"start","end","label"}]}`.
+
+    Deterministic: short texts (20-120 characters) covering the most distinct labels first.
+    Labels are shown to the model by prompt name. For benchmarks and tests; serving is zero-shot.
+    """
+    prompt_name = {option.result_value: option.prompt_name for option in target.options}
+    candidates = [
+        row for row in rows if row["entities"] and 20 <= len(row["text"]) <= 120
+        and all(entity["label"] in prompt_name for entity in row["entities"])
+    ]
+    candidates.sort(key=lambda row: (-len({e["label"] for e in row["entities"]}), len(row["text"])))
+    return [
+        NerDemonstration(
+            text=row["text"],
+            entities=tuple(
+                (row["text"][e["start"] : e["end"]], prompt_name[e["label"]])
+                for e in sorted(row["entities"], key=lambda e: e["start"])
+            ),
+        )
+        for row in candidates[:k]
+    ]
+
+
 def type_block(target: Target) -> str:
     return f"Entity types:\n{label_block(target)}"
 
@@ -114,9 +138,9 @@ _OBJECT = re.compile(r'\{\s*"[^"]*"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"[^"]*"\s*:\
 def parse_proposals(generated: str, target: Target) -> list[Proposal]:
     """Entity proposals in the generated answer (the text after the pre-filled `[`), in order.
 
-    Tolerant of truncation and of the object form. A type the model names that is not in the
-    config gives the proposal an empty label: its surface is still a candidate, the scoring pass
-    labels it. Types are matched case-insensitively against prompt names and stored values.
+    Tolerant of truncation and of the object form. Types are matched case-insensitively against
+    prompt names and stored values; a proposal whose type is not in the config ("NUM", "city")
+    is dropped: on the shared samples those were mostly numbers and common nouns.
     """
     answer = ANSWER_PREFILL + generated
     by_name = {}
@@ -127,8 +151,9 @@ def parse_proposals(generated: str, target: Target) -> list[Proposal]:
     for pattern in (_PAIR, _OBJECT):
         for match in pattern.finditer(answer):
             surface, label = (_unescape(group) for group in match.groups())
-            if surface.strip():
-                proposals.append((match.start(), Proposal(text=surface, label=by_name.get(label.strip().casefold(), ""))))
+            value = by_name.get(label.strip().casefold())
+            if surface.strip() and value is not None:
+                proposals.append((match.start(), Proposal(text=surface, label=value)))
     return [proposal for _, proposal in sorted(proposals, key=lambda item: item[0])]
 
 
