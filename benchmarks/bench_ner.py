@@ -33,6 +33,7 @@ from ml_backend.llm.llama_cpp_runtime import LlamaCppRuntime  # noqa: E402
 from ml_backend.ner.alignment import align_proposals, first_occurrence_spans  # noqa: E402
 from ml_backend.ner.extractor import NerExtractor, decide  # noqa: E402
 from ml_backend.ner.prompts import demonstrations_from_rows  # noqa: E402
+from ml_backend.predictor import LabelScorer, PredictionOptions  # noqa: E402
 from training.evaluate import auroc, ner_scores  # noqa: E402
 
 NER_DATASETS = [("conll2003", "ner_en.xml"), ("cluener", "ner_zh.xml")]
@@ -66,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
 
     runtime = LlamaCppRuntime(ensure_default_model(Path.home() / ".cache" / "ls-llm-backend"), n_threads=args.threads)
-    extractor = NerExtractor(runtime)
+    extractor = NerExtractor(LabelScorer(runtime, PredictionOptions()))
     table, results = [], {}
     for dataset, config in NER_DATASETS:
         target = parse_label_config((REPO_ROOT / "labeling_configs" / config).read_text(encoding="utf-8")).span_targets[0]

@@ -265,13 +265,7 @@ def _entities_per_task(
     present = [i for i, text in enumerate(texts) if text is not None]
     if not present:
         return entities
-    options = scorer.options
-    extractor = NerExtractor(
-        scorer.runtime,
-        instruction=options.instruction,
-        max_text_tokens=options.max_text_tokens,
-        max_new_tokens=options.ner_max_new_tokens,
-    )
+    extractor = NerExtractor(scorer)
     for task_index, task_entities in zip(present, extractor.predict(target, [texts[i] for i in present])):
         entities[task_index] = task_entities
         log.info(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from ml_backend.ner.prompts import (
     span_question,
 )
 from ml_backend.scoring import label_probabilities, yes_probabilities
+
+if TYPE_CHECKING:  # predictor imports this module
+    from ml_backend.predictor import LabelScorer
 
 log = logging.getLogger(__name__)
 
@@ -116,42 +119,27 @@ def decide(
 
 
 class NerExtractor:
-    """Pre-annotates one `<Labels>` target; holds no state besides the runtime and options."""
+    """Pre-annotates one `<Labels>` target with the runtime, options and truncation of a `LabelScorer`."""
 
-    def __init__(
-        self,
-        runtime: LLMRuntime,
-        *,
-        instruction: str | None = None,
-        max_text_tokens: int = 256,
-        max_new_tokens: int = 64,
-        policy: LabelPolicy = "proposed",
-    ) -> None:
-        self.runtime = runtime
-        self.instruction = instruction
-        self.max_text_tokens = max_text_tokens
-        self.max_new_tokens = max_new_tokens
+    def __init__(self, scorer: LabelScorer, *, policy: LabelPolicy = "proposed") -> None:
+        self.runtime: LLMRuntime = scorer.runtime
+        self.options = scorer.options
+        self.task_tokens = scorer.task_tokens  # same truncation (MAX_TEXT_TOKENS) as classification
         self.policy = policy
-
-    def task_tokens(self, text: str) -> list[int]:
-        tokens = self.runtime.tokenize(text[: self.max_text_tokens * 16], special=False)
-        if len(tokens) > self.max_text_tokens:
-            log.warning("event=text_truncated tokens=%d max_text_tokens=%d", len(tokens), self.max_text_tokens)
-        return tokens[: self.max_text_tokens]
 
     # --- 1. propose -------------------------------------------------------------------------
     def propose(
         self, target: Target, texts: Sequence[str], *, demonstrations: Sequence[NerDemonstration] = ()
     ) -> list[list[Proposal]]:
         prompt = build_extraction_prompt(
-            self.runtime.chat_format, target, instruction=self.instruction, demonstrations=demonstrations
+            self.runtime.chat_format, target, instruction=self.options.instruction, demonstrations=demonstrations
         )
         prefix = self.runtime.prefix_tokens(prompt.prefix)
         suffix = self.runtime.tokenize(prompt.suffix, special=True)
         proposals = []
         for text in texts:
             generated = self.runtime.generate(
-                prefix, self.task_tokens(text), suffix, max_tokens=self.max_new_tokens, stop=[ANSWER_STOP]
+                prefix, self.task_tokens(text), suffix, max_tokens=self.options.ner_max_new_tokens, stop=[ANSWER_STOP]
             )
             proposals.append(parse_proposals(generated, target))
         return proposals
@@ -161,7 +149,7 @@ class NerExtractor:
         self, target: Target, texts: Sequence[str], surfaces: Sequence[Sequence[str]]
     ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
         """Per text: {surface: probabilities over labels + none} and P(the text mentions an entity)."""
-        prompt = build_span_scoring_prompt(self.runtime.chat_format, target, instruction=self.instruction)
+        prompt = build_span_scoring_prompt(self.runtime.chat_format, target, instruction=self.options.instruction)
         tokenize = self.runtime.tokenize
         prefix = self.runtime.prefix_tokens(prompt.prefix)
         end_tokens = tokenize(prompt.answer_end, special=True)[:1]

@@ -14,6 +14,7 @@ from ml_backend.label_config import parse_label_config
 from ml_backend.ner.extractor import NerExtractor
 from ml_backend.ner.prompts import demonstrations_from_rows
 from ml_backend.offsets import span_value
+from ml_backend.predictor import LabelScorer, PredictionOptions
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 from training.evaluate import ner_scores
 
@@ -32,7 +33,8 @@ def test_default_model_pre_annotates_ner_above_the_floor(llama_runtime, dataset,
     rows = load_jsonl(shared_path("data", dataset, "test.jsonl"), limit=N_TEXTS)
     demos = demonstrations_from_rows(load_jsonl(shared_path("data", dataset, "train.jsonl")), target, SHOTS)
 
-    results = NerExtractor(llama_runtime).predict(target, [row["text"] for row in rows], demonstrations=demos)
+    extractor = NerExtractor(LabelScorer(llama_runtime, PredictionOptions()))
+    results = extractor.predict(target, [row["text"] for row in rows], demonstrations=demos)
 
     predicted = []
     for row, task_entities in zip(rows, results):
