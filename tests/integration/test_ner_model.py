@@ -1,9 +1,10 @@
 """The real default model pre-annotates 50 English and 50 Chinese NER texts from ../shared/data.
 
-Floors (strict entity-level F1, exact span and label): the measured values are in
-benchmarks/results/ner.json and the README. The floors sit well below them but far above
-what a broken pipeline scores: shifted offsets, a wrong label mapping or a parser that finds
-nothing all give ~0.0 strict F1. Spans must always read back exactly.
+Floors (strict entity-level F1, exact span and label): measured 0.318 (English) and 0.187
+(Chinese) on these 50 + 50 texts, 3-shot (benchmarks/results/ner.json, README). The floors,
+0.15 and 0.08, are about half of that — room for numeric differences between thread counts
+and machines — yet far above what a broken pipeline scores: shifted offsets, a wrong label
+mapping or a parser that finds nothing all give ~0.0 strict F1. Spans must always read back exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ SHOTS = 3  # demonstrations from the train split, as the demonstrations feature 
 
 @pytest.mark.parametrize(
     "dataset, config, strict_f1_floor",
-    [("conll2003", "ner_en.xml", 0.15), ("cluener", "ner_zh.xml", 0.05)],
+    [("conll2003", "ner_en.xml", 0.15), ("cluener", "ner_zh.xml", 0.08)],
 )
 def test_default_model_pre_annotates_ner_above_the_floor(llama_runtime, dataset, config, strict_f1_floor):
     target = parse_label_config((LABELING_CONFIGS / config).read_text(encoding="utf-8")).span_targets[0]
