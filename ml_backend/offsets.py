@@ -89,6 +89,18 @@ def span_of_value(text: str, value: dict[str, Any], *, unit: OffsetUnit = LABEL_
     return start, end
 
 
+def spans_of_result(
+    text: str, result: list[dict[str, Any]], *, unit: OffsetUnit = LABEL_STUDIO_OFFSET_UNIT
+) -> list[tuple[int, int, list[str]]]:
+    """The `labels` regions of an annotation's (or prediction's) `result` as Python spans + labels."""
+    spans = []
+    for region in result:
+        if region.get("type") == "labels" and isinstance(region.get("value"), dict):
+            start, end = span_of_value(text, region["value"], unit=unit)
+            spans.append((start, end, list(region["value"].get("labels", []))))
+    return spans
+
+
 def _check_span(text: str, start: int, end: int) -> None:
     if not 0 <= start <= end <= len(text):
         raise ValueError(f"span [{start}, {end}) is outside the text (length {len(text)})")

@@ -135,3 +135,15 @@ def test_ready_ner_configs_parse_to_span_targets(name):
         "name", "organization", "position", "company", "address", "game", "government", "scene", "movie", "book"
     ]
     assert target.result_values == expected
+
+
+def test_several_labels_blocks_and_aliases_each_get_their_regions(client):
+    config = (
+        '<View><Text name="text" value="$text"/>'
+        '<Labels name="people" toName="text"><Label value="PER" alias="person" hint="a named person"/></Labels>'
+        '<Labels name="places" toName="text"><Label value="LOC" alias="place"/></Labels></View>'
+    )
+    tasks = [{"id": 1, "data": {"text": "Obama in Paris"}}]
+    (prediction,) = client.post("/predict", json={"tasks": tasks, "label_config": config}).json["results"]
+    regions = [(r["from_name"], r["value"]["text"], r["value"]["labels"]) for r in prediction["result"]]
+    assert regions == [("people", "Obama", ["person"]), ("places", "Paris", ["place"])]  # alias is what LS stores

@@ -13,6 +13,7 @@ from ml_backend.offsets import (
     from_label_studio,
     span_of_value,
     span_value,
+    spans_of_result,
     to_label_studio,
     utf16_to_codepoint,
 )
@@ -33,9 +34,9 @@ def test_recorded_annotation_reads_back_to_the_selected_characters():
         shared_path("fixtures", "label-studio-1.23.2", "webhook_annotation_created_2.json").read_text(encoding="utf-8")
     )["body"]
     text = body["task"]["data"]["text"]
-    spans = [span_of_value(text, region["value"]) for region in body["annotation"]["result"]]
-    assert [text[s:e] for s, e in spans] == ["李明", "北京"]
-    assert spans == [(3, 5), (6, 8)]
+    spans = spans_of_result(text, body["annotation"]["result"])
+    assert [(text[s:e], labels) for s, e, labels in spans] == [("李明", ["PER"]), ("北京", ["LOC"])]
+    assert [(s, e) for s, e, _ in spans] == [(3, 5), (6, 8)]
 
 
 def test_utf16_offsets_read_as_code_points_are_detected():
