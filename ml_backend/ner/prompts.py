@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ml_backend.label_config import Target
-from ml_backend.llm.prompts import ANSWER_SENTINEL, TEXT_SENTINEL, ChatFormat, _split_once, label_block
+from ml_backend.llm.prompts import (
+    TEXT_SENTINEL,
+    ChatFormat,
+    ScoringPrompt,
+    _split_once,
+    build_scoring_prompt,
+    label_block,
+)
 from ml_backend.ner.alignment import Proposal
 
 NONE_CHOICE = "none"  # the "not an entity" answer of the span question
@@ -49,15 +56,6 @@ class ExtractionPrompt:
 
     prefix: str
     suffix: str
-
-
-@dataclass(frozen=True)
-class SpanScoringPrompt:
-    """prefix (cached) + task text + [question + answer_lead + choice + answer_end] per choice."""
-
-    prefix: str
-    answer_lead: str
-    answer_end: str
 
 
 def demonstrations_from_rows(rows: Sequence[dict], target: Target, k: int) -> list[NerDemonstration]:
@@ -110,16 +108,10 @@ def build_extraction_prompt(
     return ExtractionPrompt(prefix=prefix, suffix=suffix + ANSWER_PREFILL)
 
 
-def build_span_scoring_prompt(chat: ChatFormat, target: Target, *, instruction: str | None = None) -> SpanScoringPrompt:
+def build_span_scoring_prompt(chat: ChatFormat, target: Target, *, instruction: str | None = None) -> ScoringPrompt:
     head = f"{instruction.strip()}\n\n{SCORING_INSTRUCTION}" if instruction else SCORING_INSTRUCTION
     system = f"{head}\n\n{type_block(target)}\n- {NONE_CHOICE}: not a named entity of these types"
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": TEXT_SENTINEL}]
-    prefix, answer_lead = _split_once(chat.render(messages, add_generation_prompt=True), TEXT_SENTINEL)
-    answered = chat.render(messages + [{"role": "assistant", "content": ANSWER_SENTINEL}], add_generation_prompt=False)
-    _, answer_end = _split_once(answered, ANSWER_SENTINEL)
-    if chat.template is None:
-        answer_lead += " "
-    return SpanScoringPrompt(prefix=prefix, answer_lead=answer_lead, answer_end=answer_end)
+    return build_scoring_prompt(chat, target, system=system)
 
 
 def span_question(surface: str) -> str:
