@@ -2,8 +2,8 @@
 
 1. **Extraction** (generated): the model lists candidate entities as a JSON array of
    `["entity text", "TYPE"]` pairs. The assistant turn is pre-filled with `[` so a small model
-   answers in the format instead of chatting. Only the surface texts matter downstream: the
-   labels the model writes are hints, the scoring prompt decides.
+   answers in the format instead of chatting. Pairs whose type is not in the config are
+   dropped; the generated type is the region's label (see `extractor.decide`), never its score.
 2. **Span scoring** (never generated): after the task text, for each aligned surface form the
    question `What type is "<surface>" in this text?` followed by each type name and `none`;
    plus one yes/no question "does the text mention any entity of these types?". All of them
