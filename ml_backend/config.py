@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     cold_start_tasks: int = Field(
         200, ge=10, description="How many of a project's tasks the cold-start step reads (bias estimate, demo pool)."
     )
+    ner_max_new_tokens: int = Field(
+        64, ge=8, le=1024, description="NER: most tokens generated per task when proposing entities."
+    )
     instruction: str | None = Field(
         None, description="Project-independent labeling instruction prepended to every prompt."
     )
@@ -64,6 +67,10 @@ class Settings(BaseSettings):
     # --- Label Studio ----------------------------------------------------------
     label_studio_url: str | None = Field(None, description="Label Studio base URL for API calls.")
     label_studio_api_key: str | None = Field(None, description="Label Studio legacy API token.")
+    label_studio_offsets: Literal["codepoint", "utf16"] = Field(
+        "codepoint",
+        description="Unit of NER span offsets: code points (Label Studio 1.23.2) or UTF-16 units (older versions).",
+    )
 
     # --- Background jobs and bulk pre-annotation ---------------------------------------
     redis_url: str | None = Field(

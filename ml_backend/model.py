@@ -93,6 +93,8 @@ class LLMBackend:
             max_text_tokens=self.settings.max_text_tokens,
             instruction=self.project_instruction(state),
             batch_size=self.settings.llm_batch_size,
+            ner_max_new_tokens=self.settings.ner_max_new_tokens,
+            offset_unit=self.settings.label_studio_offsets,
         )
 
     def model_version(self, state: ProjectState, spec: LabelSpec) -> str:
@@ -109,6 +111,8 @@ class LLMBackend:
                 json.dumps(state.extra.get(COLD_START_KEY, {}), sort_keys=True, ensure_ascii=False),
             ]
         )
+        if spec.span_targets:  # NER settings change NER predictions only
+            fingerprint += f"|ner:{options.ner_max_new_tokens}:{options.offset_unit}"
         prompt_hash = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:8]
         return f"{self.model_name}-{prompt_hash}-v{state.version_counter}"
 

@@ -3,6 +3,11 @@
 Path of a request: LabelSpec (parsed config) → per target: prompt parts → continuation
 token lists → one batched `score_continuations` call → label probabilities → bias
 correction → regions and a score per task.
+
+`<Labels>` targets (NER) go through `ml_backend.ner.extractor`: generate candidates → align
+to spans → score every span in one batched pass → `labels` regions with code-point offsets
+(`ml_backend.offsets`). A task's score is the minimum over its parts (each Choices block,
+each Labels block): the weakest part decides whether the pre-annotation is right.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ml_backend import calibration
+from ml_backend import calibration, offsets
 from ml_backend.label_config import LabelSpec, Target
 from ml_backend.llm.base import LLMRuntime, ProgressCallback
 from ml_backend.llm.prompts import Demonstration, ScoringPrompt, build_scoring_prompt, yes_no_question
+from ml_backend.ner.extractor import NerExtractor, TaskEntities
 from ml_backend.scoring import label_probabilities, multi_choice_prediction, single_choice_prediction, yes_probabilities
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,8 @@ class PredictionOptions:
     max_text_tokens: int = 256
     instruction: str | None = None
     batch_size: int = 8  # tasks per runtime call: the runtime lock is released between calls
+    ner_max_new_tokens: int = 64
+    offset_unit: offsets.OffsetUnit = offsets.LABEL_STUDIO_OFFSET_UNIT
 
 
 @dataclass(frozen=True)
@@ -231,6 +239,10 @@ def predict_tasks(
                 probabilities[task_index] = scored[row]
         per_target.append(TargetScores(target=target, probabilities=probabilities))
 
+    per_span_target = [
+        (target, _entities_per_task(scorer, target, tasks, project_id=project_id)) for target in spec.span_targets
+    ]
+
     predictions = []
     for index, task in enumerate(tasks):
         regions, scores = [], []
@@ -241,7 +253,14 @@ def predict_tasks(
             region, score = _choices_region(target_scores.target, probs)
             regions.append(region)
             scores.append(score)
-        if not regions:
+        for target, entities_per_task in per_span_target:
+            task_entities = entities_per_task[index]
+            if task_entities is None:
+                continue
+            text = task_text(task, target)
+            regions.extend(_labels_regions(target, text, task_entities, unit=scorer.options.offset_unit))
+            scores.append(task_entities.score)
+        if not scores:
             log.warning(
                 "event=task_without_text project=%s task=%s model_version=%s",
                 project_id,
@@ -274,3 +293,45 @@ def _choices_region(target: Target, probabilities: np.ndarray) -> tuple[dict[str
         "score": score,
     }
     return region, score
+
+
+def _entities_per_task(
+    scorer: LabelScorer, target: Target, tasks: Sequence[dict[str, Any]], *, project_id: str | None
+) -> list[TaskEntities | None]:
+    """The NER part of every task for one `<Labels>` target (None where the task has no text)."""
+    entities: list[TaskEntities | None] = [None] * len(tasks)
+    if target.object_tag != "Text":
+        # HyperText regions are addressed by XPath + offsets: not supported, say so once per request.
+        log.warning("event=span_target_skipped project=%s from_name=%s object=%s", project_id, target.from_name, target.object_tag)
+        return entities
+    texts = [task_text(task, target) for task in tasks]
+    present = [i for i, text in enumerate(texts) if text is not None]
+    if not present:
+        return entities
+    extractor = NerExtractor(scorer)
+    for task_index, task_entities in zip(present, extractor.predict(target, [texts[i] for i in present])):
+        entities[task_index] = task_entities
+        log.info(
+            "event=ner_task project=%s task=%s candidates=%d entities=%d score=%.3f",
+            project_id,
+            tasks[task_index].get("id"),
+            task_entities.candidates,
+            len(task_entities.entities),
+            task_entities.score,
+        )
+    return entities
+
+
+def _labels_regions(
+    target: Target, text: str, task_entities: TaskEntities, *, unit: offsets.OffsetUnit
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "from_name": target.from_name,
+            "to_name": target.to_name,
+            "type": "labels",
+            "value": offsets.span_value(text, entity.start, entity.end, [entity.label], unit=unit),
+            "score": entity.score,
+        }
+        for entity in task_entities.entities
+    ]

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from ml_backend.llm.base import LLMRuntime
+from ml_backend.llm.base import LLMRuntime, cut_at_stop
 from ml_backend.llm.prompts import ChatFormat
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +51,12 @@ class KeywordRuntime(LLMRuntime):
 
     name = "keyword-fake"
 
+    # What the fake "generates" for NER: every one of these surface forms found in the task text.
+    DEFAULT_ENTITIES = {"李明": "PER", "北京": "LOC", "Paris": "LOC", "Obama": "PER"}
+
     def __init__(self) -> None:
         self.calls: list[dict] = []
+        self.entities: dict[str, str] = dict(self.DEFAULT_ENTITIES)
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         return [ord(ch) for ch in text]
@@ -63,6 +67,13 @@ class KeywordRuntime(LLMRuntime):
     @property
     def chat_format(self) -> ChatFormat:
         return ChatFormat(template=QWEN_LIKE_TEMPLATE)
+
+    def generate(self, prefix, task, suffix, *, max_tokens, stop=()) -> str:
+        """The NER answer after the pre-filled `[`: known entities in the task text, in text order."""
+        text = "".join(chr(t) for t in task)
+        found = sorted((text.find(surface), surface) for surface in self.entities if surface in text)
+        pairs = [json.dumps([surface, self.entities[surface]], ensure_ascii=False) for _, surface in found]
+        return cut_at_stop((", ".join(pairs) + "]]") if pairs else "]", stop)[0]
 
     def score_continuations(self, prefix, tasks, continuations, *, progress=None) -> np.ndarray:
         self.calls.append({"n_tasks": len(tasks), "n_continuations": len(continuations)})

@@ -72,3 +72,23 @@ def label_quality(gold: list[str], probabilities: np.ndarray, label_names: list[
         ece=expected_calibration_error(confidence, correct),
         auroc=auroc(confidence, correct),
     )
+
+
+def ner_scores(
+    gold: list[list[tuple[int, int, str]]], predicted: list[list[tuple[int, int, str]]], labels: list[str]
+) -> dict[str, dict[str, float]]:
+    """Entity-level precision/recall/F1 (nervaluate), per text lists of (start, end exclusive, label).
+
+    Returns {"strict": {...}, "partial": {...}}: strict = exact span and label; partial = overlap
+    counts half (SemEval 2013 partial), label ignored.
+    """
+    from nervaluate import Evaluator
+
+    def as_dicts(rows):  # nervaluate's spans are end-inclusive
+        return [[{"label": label, "start": start, "end": end - 1} for start, end, label in row] for row in rows]
+
+    results = Evaluator(as_dicts(gold), as_dicts(predicted), tags=list(labels)).evaluate()["overall"]
+    return {
+        mode: {"precision": float(results[mode].precision), "recall": float(results[mode].recall), "f1": float(results[mode].f1)}
+        for mode in ("strict", "partial")
+    }

@@ -6,7 +6,8 @@ Label scoring never samples text. For each task, a runtime evaluates
 
 and returns the summed log-probability of each continuation. Labels, yes/no answers,
 and entity-type questions are all just continuations, so one method serves
-classification, multi-label and (later) NER.
+classification, multi-label and NER span labels. Generation (`generate`) exists only to
+propose candidate entities, which are then scored like any other continuation.
 """
 
 from __future__ import annotations
@@ -100,9 +101,33 @@ class LLMRuntime(ABC):
         Returns shape (len(tasks), len(continuations)). Every task must have ≥ 1 token.
         """
 
+    @abstractmethod
+    def generate(
+        self,
+        prefix: Sequence[int],
+        task: Sequence[int],
+        suffix: Sequence[int],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+    ) -> str:
+        """Greedy continuation of prefix (shared, cached) + task + suffix tokens, as text.
+
+        Stops at an end-of-generation token, after `max_tokens` tokens, or at the first of the
+        `stop` strings (which is not included). Used to propose entities; scores never come from it.
+        """
+
     def forward_only(self, prefix: Sequence[int], tasks: Sequence[Sequence[int]]) -> None:
         """A bare forward pass over each task's tokens after the cached prefix: the benchmark floor."""
         raise NotImplementedError
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the first stop string, and whether one was found."""
+    cuts = [text.find(s) for s in stop if s and s in text]
+    if not cuts:
+        return text, False
+    return text[: min(cuts)], True
 
 
 def log_sum_exp(logits: np.ndarray) -> float:

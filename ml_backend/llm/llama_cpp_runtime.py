@@ -26,7 +26,7 @@ import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp._logger import set_verbose as set_llama_log_verbosity
 
-from ml_backend.llm.base import ContinuationTrie, LLMRuntime, ProgressCallback, log_sum_exp
+from ml_backend.llm.base import ContinuationTrie, LLMRuntime, ProgressCallback, cut_at_stop, log_sum_exp
 from ml_backend.llm.priority import PriorityLock
 from ml_backend.llm.prompts import ChatFormat
 
@@ -75,7 +75,8 @@ class LlamaCppRuntime(LLMRuntime):
     def _piece(self, token: int) -> str:
         if token < 0:
             return ""
-        return self._model.token_to_piece(token, special=True).decode("utf-8", errors="ignore")
+        # token_to_piece returns its fixed-size buffer: the piece is followed by NUL padding.
+        return self._model.token_to_piece(token, special=True).rstrip(b"\x00").decode("utf-8", errors="ignore")
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         if not text:
@@ -130,6 +131,47 @@ class LlamaCppRuntime(LLMRuntime):
                 self._fill_batch(task_tokens, start, n_sequences=1, trie=None)
                 self._context.decode(self._batch)
                 self._forget_after(start, 1)
+
+    def generate(
+        self,
+        prefix: Sequence[int],
+        task: Sequence[int],
+        suffix: Sequence[int],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+    ) -> str:
+        """Greedy decoding in sequence 0 after the cached prefix; the prefix stays cached."""
+        prompt = list(task) + list(suffix)
+        if not prompt:
+            raise ValueError("nothing to generate from: task and suffix are empty")
+        with self._lock:
+            self._ensure_prefix(list(prefix))
+            start = len(self._cached_prefix)
+            if start + len(prompt) + max_tokens > self._n_ctx:
+                raise ValueError("prompt + task + generation exceed the context window; lower MAX_TEXT_TOKENS")
+            generated = bytearray()
+            try:
+                self._fill_batch(prompt, start, n_sequences=1, trie=None)
+                self._context.decode(self._batch)
+                position, last_row = start + len(prompt), len(prompt) - 1
+                for _ in range(max_tokens):
+                    logits = np.ctypeslib.as_array(
+                        llama_cpp.llama_get_logits_ith(self._context.ctx, last_row), shape=(self._n_vocab,)
+                    )
+                    token = int(np.argmax(logits))
+                    if llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
+                        break
+                    generated += self._model.detokenize([token], special=False)
+                    text, stopped = cut_at_stop(generated.decode("utf-8", errors="ignore"), stop)
+                    if stopped:
+                        return text
+                    self._fill_batch([token], position, n_sequences=1, trie=None)
+                    self._context.decode(self._batch)
+                    position, last_row = position + 1, 0
+            finally:
+                self._forget_after(start, 1)
+        return cut_at_stop(generated.decode("utf-8", errors="ignore"), stop)[0]
 
     def _ensure_prefix(self, prefix: list[int]) -> None:
         """Keep the longest common part of the cached prefix; evaluate only the rest."""

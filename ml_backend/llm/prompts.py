@@ -120,9 +120,14 @@ def build_scoring_prompt(
     *,
     instruction: str | None = None,
     demonstrations: Sequence[Demonstration] = (),
+    system: str | None = None,
 ) -> ScoringPrompt:
-    """Cut the rendered chat prompt into prefix / answer_lead / answer_end."""
-    messages: list[dict[str, str]] = [{"role": "system", "content": system_message(target, instruction)}]
+    """Cut the rendered chat prompt into prefix / answer_lead / answer_end.
+
+    `system` replaces the classification system message (NER span scoring asks other questions).
+    """
+    system = system if system is not None else system_message(target, instruction)
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}]
     for demo in demonstrations:
         messages.append({"role": "user", "content": demo.text})
         messages.append({"role": "assistant", "content": ", ".join(demo.labels)})

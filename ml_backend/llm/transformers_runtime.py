@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ml_backend.llm.base import LLMRuntime, ProgressCallback
+from ml_backend.llm.base import LLMRuntime, ProgressCallback, cut_at_stop
 from ml_backend.llm.prompts import ChatFormat
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,29 @@ class TransformersRuntime(LLMRuntime):
                     if progress is not None and start == 0:
                         progress(1)
         return scores
+
+    def generate(
+        self,
+        prefix: Sequence[int],
+        task: Sequence[int],
+        suffix: Sequence[int],
+        *,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+    ) -> str:
+        """Greedy decoding with the model's own `generate` (the whole prompt each call: simple, not cached)."""
+        torch = self._torch
+        input_ids = torch.tensor([list(prefix) + list(task) + list(suffix)], device=self.device)
+        with self._lock, torch.no_grad():
+            output = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+            )
+        text = self.tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+        return cut_at_stop(text, stop)[0]
 
     def forward_only(self, prefix: Sequence[int], tasks: Sequence[Sequence[int]]) -> None:
         torch = self._torch

@@ -81,7 +81,9 @@ def default_model_path(model_cache_dir) -> Path:
 def llama_runtime(default_model_path):
     from ml_backend.llm.llama_cpp_runtime import LlamaCppRuntime
 
-    return LlamaCppRuntime(default_model_path, n_ctx=2048, n_threads=2, name="qwen-default")
+    # LLM_THREADS=1 is much faster than 2 on a CPU shared with other jobs (llama.cpp threads spin).
+    threads = int(os.environ.get("LLM_THREADS", "2"))
+    return LlamaCppRuntime(default_model_path, n_ctx=2048, n_threads=threads, name="qwen-default")
 
 
 @pytest.fixture(scope="session")

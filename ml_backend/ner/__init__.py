@@ -1,0 +1,1 @@
+"""Named-entity pre-annotation: alignment of proposals to spans (pure) and the LLM extractor."""
