@@ -10,14 +10,12 @@ run, on the same model, tasks and 8-demonstration prompt: read the ratios, not t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

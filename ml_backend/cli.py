@@ -3,6 +3,8 @@
     python -m ml_backend.cli preannotate --project 3 [--tasks 1,2,3] [--here] [--wait]
     python -m ml_backend.cli status [--project 3]
     python -m ml_backend.cli new-version --project 3
+    python -m ml_backend.cli cold-start --project 3
+    python -m ml_backend.cli choose-prompt --project 3 --gold dev.jsonl
     python -m ml_backend.cli worker [--burst]
 
 Settings come from the environment, as for the server (REDIS_URL, MODEL_DIR, LABEL_STUDIO_URL, ...).
@@ -138,6 +140,79 @@ def cmd_new_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cold_start(args: argparse.Namespace) -> int:
+    from ml_backend.jobs import get_context
+    from ml_backend.ls_client import ProjectClient
+    from ml_backend.preannotate import trigger
+
+    settings = Settings()
+    project = str(args.project)
+    _require_project(settings, project)
+    context = get_context(settings)
+    state = context.backend.store.load(project)
+    tasks = [task.as_task() for task in ProjectClient.for_project(settings, state).tasks()]
+    print(f"project {project}: learning from up to {settings.cold_start_tasks} of {len(tasks)} tasks ...", file=sys.stderr)
+    version = context.backend.prepare_cold_start(project, tasks)
+    print(f"project {project}: new model version {version}")
+    if settings.redis_url:
+        trigger(context, project, None, reason="cold_start")
+        print("pre-annotation under the new version queued")
+    else:
+        print("the server's next /setup (or POST /preannotate) re-annotates under the new version")
+    return 0
+
+
+def read_gold(path: str, text_field: str, label_field: str) -> tuple[list[str], list[str]]:
+    """Rows of a labeled dev file: JSONL, a JSON list (e.g. Label Studio's JSON-MIN export) or CSV."""
+    import csv
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"--gold {path}: no such file")
+    raw = file.read_text(encoding="utf-8-sig")
+    if file.suffix.lower() == ".csv":
+        rows = list(csv.DictReader(raw.splitlines()))
+    elif raw.lstrip().startswith("["):
+        rows = json.loads(raw)
+    else:
+        rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+    texts, labels = [], []
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or text_field not in row or label_field not in row:
+            raise SystemExit(
+                f"--gold {path}: row {number} lacks {text_field!r} or {label_field!r} "
+                "(set --text-field / --label-field to your column names)"
+            )
+        label = row[label_field]
+        if isinstance(label, dict):  # JSON-MIN export of a choices result: {"choices": [...]}
+            label = (label.get("choices") or [None])[0]
+        texts.append(str(row[text_field]))
+        labels.append(str(label))
+    return texts, labels
+
+
+def cmd_choose_prompt(args: argparse.Namespace) -> int:
+    from ml_backend.errors import BadRequest
+    from ml_backend.jobs import get_context
+
+    settings = Settings()
+    project = str(args.project)
+    _require_project(settings, project)
+    texts, labels = read_gold(args.gold, args.text_field, args.label_field)
+    context = get_context(settings)
+    try:
+        report = context.backend.choose_prompt(project, texts, labels, target_name=args.target)
+    except BadRequest as exc:
+        raise SystemExit(f"{exc.message} {exc.hint or ''}".strip()) from None
+    width = max(len(name) for name in report["log_loss"])
+    print(f"dev log-loss per prompt variant ({len(texts)} tasks, <Choices name={report['target']!r}>):")
+    for name, loss in sorted(report["log_loss"].items(), key=lambda item: item[1]):
+        print(f"  {'*' if name == report['chosen'] else ' '} {name:<{width}}  {loss:.4f}")
+    print(f"chosen: {report['chosen']}; new model version {report['model_version']}")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     import redis
     from rq import Queue
@@ -179,6 +254,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     version.add_argument("--project", required=True, type=int)
     version.set_defaults(func=cmd_new_version)
+
+    cold = commands.add_parser(
+        "cold-start",
+        help="learn self-labeled demonstrations and the label bias from the project's tasks now",
+        description="Round one before any human label: reads up to COLD_START_TASKS of the project's tasks "
+        "through Label Studio's API, picks DEMONSTRATIONS diverse confident ones as in-context examples and "
+        "estimates the model's label prior. The pre-annotation job does this by itself for a new project; "
+        "run it by hand after importing many more tasks.",
+    )
+    cold.add_argument("--project", required=True, type=int)
+    cold.set_defaults(func=cmd_cold_start)
+
+    choose = commands.add_parser(
+        "choose-prompt",
+        help="choose the project's prompt variant by log-loss on a labeled dev file",
+        description="Scores the prompt variants of training/prompt_selection.py (definitions on/off, 0/4/8 "
+        "demonstrations, first-token or full-label read-out, bias correction) on the labeled rows of --gold "
+        "and keeps the one with the lowest log-loss for this project (a new model version). 50 rows are plenty.",
+    )
+    choose.add_argument("--project", required=True, type=int)
+    choose.add_argument("--gold", required=True, help="JSONL, JSON list or CSV with a text and a label per row")
+    choose.add_argument("--text-field", default="text", help="column holding the text (default: text)")
+    choose.add_argument("--label-field", default="label", help="column holding the label value (default: label)")
+    choose.add_argument("--target", help="from_name of the <Choices> block (default: the first single-choice one)")
+    choose.set_defaults(func=cmd_choose_prompt)
 
     worker = commands.add_parser("worker", help="run an rq worker for the job queue (needs REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")

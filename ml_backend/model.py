@@ -21,6 +21,8 @@ import logging
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 from typing import TYPE_CHECKING, Any, Callable
 
 from ml_backend.config import DEFAULT_MODEL, Settings
@@ -28,16 +30,30 @@ from ml_backend.errors import BadRequest
 from ml_backend.label_config import LabelSpec, parse_label_config
 from ml_backend.llm.base import LLMRuntime
 from ml_backend.model_store import ModelStore, ProjectState, project_id_of
-from ml_backend.calibration import matching_bias
-from ml_backend.llm.prompts import Demonstration
-from ml_backend.predictor import ColdStart, LabelScorer, PredictionOptions, predict_tasks
+from ml_backend.cold_start import (
+    COLD_START_KEY,
+    cold_start_basis,
+    cold_start_of,
+    cold_start_targets,
+    learn_target,
+    stored_basis,
+    target_texts,
+)
+from ml_backend.predictor import LabelScorer, PredictionOptions, predict_tasks
+from ml_backend.prompt_choice import (
+    PROMPT_VARIANT_KEY,
+    apply_variant,
+    config_fingerprint,
+    evaluate_variants,
+    stored_variant,
+    variant_cold_start,
+)
 
 if TYPE_CHECKING:
     from ml_backend.preannotate import BulkPreannotation
 
 log = logging.getLogger(__name__)
 
-COLD_START_KEY = "cold_start"
 TRAINING_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
 TRIGGERED_VERSION_KEY = "preannotate_triggered_version"  # ProjectState.extra: last version we pre-annotate
 
@@ -87,6 +103,10 @@ class LLMBackend:
         return state.instruction or self.settings.resolved_instruction()
 
     def options_for(self, state: ProjectState) -> PredictionOptions:
+        """The settings, with the project's instruction and (if one was chosen) prompt variant."""
+        return apply_variant(self._base_options(state), stored_variant(state))
+
+    def _base_options(self, state: ProjectState) -> PredictionOptions:
         return PredictionOptions(
             scoring_mode=self.settings.scoring_mode,
             bias_calibration=self.settings.bias_calibration,
@@ -108,7 +128,8 @@ class LLMBackend:
                 options.instruction or "",
                 options.scoring_mode,
                 options.bias_calibration,
-                json.dumps(state.extra.get(COLD_START_KEY, {}), sort_keys=True, ensure_ascii=False),
+                json.dumps(self._current_cold_start(state, spec), sort_keys=True, ensure_ascii=False),
+                json.dumps(stored_variant(state), sort_keys=True),
             ]
         )
         if spec.span_targets:  # NER settings change NER predictions only
@@ -197,54 +218,107 @@ class LLMBackend:
         )
         return predictions, version
 
-    def prepare_cold_start(self, project_id: str, texts: list[str]) -> str:
-        """Round one, before any human label: self-labeled demonstrations and the label bias.
+    def cold_start_basis(self, state: ProjectState, spec: LabelSpec) -> str:
+        return cold_start_basis(spec, self.project_instruction(state), self.settings.demonstrations)
 
-        Reads up to COLD_START_TASKS of the project's texts: scores them zero-shot (bias-corrected),
-        picks diverse confident ones as demonstrations (`training.demos`), then estimates the
-        model's label prior on the project's texts under the final prompt (used by
-        BIAS_CALIBRATION=prior_matching). Stored per project; the model_version changes.
-        """
-        from training.demos import select_self_labeled_demos
+    def _current_cold_start(self, state: ProjectState, spec: LabelSpec) -> dict[str, Any]:
+        stored = state.extra.get(COLD_START_KEY, {})
+        return stored if stored.get("basis") == self.cold_start_basis(state, spec) else {}
+
+    def needs_cold_start(self, state: ProjectState, spec: LabelSpec) -> bool:
+        """True when the cold start would change predictions and has not run for this config."""
+        wanted = self.settings.demonstrations > 0 or self.settings.bias_calibration == "prior_matching"
+        return (
+            wanted
+            and bool(cold_start_targets(spec))
+            and stored_basis(state) != self.cold_start_basis(state, spec)
+        )
+
+    def prepare_cold_start(self, project_id: str, tasks: list[dict[str, Any]]) -> str:
+        """Round one, before any human label (`ml_backend.cold_start`): from up to COLD_START_TASKS
+        of the project's tasks, self-labeled demonstrations and the label bias per single-choice
+        block. Stored per project; returns the new model_version (predictions get refreshed)."""
+        state = self.store.load(project_id)
+        if not state.label_config:
+            raise BadRequest("Unknown project: call /setup first.", hint="Connect the project in Label Studio.")
+        spec = parse_label_config(state.label_config)
+        scorer = self._scorer(self.options_for(state))
+        started = time.perf_counter()
+        learned: dict[str, Any] = {}
+        n_texts = 0
+        for target in cold_start_targets(spec):
+            texts = target_texts(tasks, target, self.settings.cold_start_tasks)
+            if texts:
+                learned[target.from_name] = learn_target(scorer, target, texts, self.settings.demonstrations)
+                n_texts = max(n_texts, len(texts))
+        if not learned:
+            raise BadRequest("No task text to learn from.", hint="Import tasks before the cold-start step.")
+        state.extra[COLD_START_KEY] = {"basis": self.cold_start_basis(state, spec), "targets": learned}
+        self.store.save(state)
+        version = self.model_version(state, spec)
+        log.info(
+            "event=cold_start project=%s tasks=%d demonstrations=%d model_version=%s ms=%d",
+            project_id,
+            n_texts,
+            self.settings.demonstrations,
+            version,
+            (time.perf_counter() - started) * 1000,
+        )
+        return version
+
+    def choose_prompt(
+        self, project_id: str, texts: list[str], labels: list[str], *, target_name: str | None = None
+    ) -> dict[str, Any]:
+        """Prompt choice on a labeled dev set (`ml_backend.prompt_choice`): every variant of
+        `training.prompt_selection.DEFAULT_VARIANTS` is scored on `texts`, the lowest log-loss is
+        kept for the project (a new model_version). Variants with demonstrations use the project's
+        cold-start demonstrations, learned first from the dev texts (not their labels) if missing."""
+        from training.prompt_selection import DEFAULT_VARIANTS
 
         state = self.store.load(project_id)
         if not state.label_config:
             raise BadRequest("Unknown project: call /setup first.", hint="Connect the project in Label Studio.")
         spec = parse_label_config(state.label_config)
-        sample = [t for t in texts if isinstance(t, str) and t.strip()][: self.settings.cold_start_tasks]
-        if not sample:
-            raise BadRequest("No task text to learn from.", hint="Import tasks before the cold-start step.")
-        scorer = self._scorer(self.options_for(state))
-        learned: dict[str, Any] = {}
+        candidates = [t for t in cold_start_targets(spec) if target_name in (None, t.from_name)]
+        if not candidates:
+            raise BadRequest(
+                "No single-choice <Choices> block to choose a prompt for"
+                + (f" named {target_name!r}." if target_name else "."),
+                hint="Pass --target with the from_name of a single-choice <Choices> block.",
+            )
+        target = candidates[0]
+        names = {o.result_value: i for i, o in enumerate(target.options)}
+        unknown = sorted({label for label in labels if label not in names})
+        if unknown:
+            raise BadRequest(
+                f"Labels not in the config's <Choices name={target.from_name!r}>: {unknown[:5]}",
+                hint=f"Use the stored values (alias if set): {sorted(names)}",
+            )
+        if len(texts) != len(labels) or len(texts) < 10:
+            raise BadRequest("The dev set needs at least 10 labeled texts.", hint="Label more tasks or add rows.")
+        if self.needs_cold_start(state, spec):
+            self.prepare_cold_start(project_id, [{"data": {target.data_key: t}} for t in texts])
+            state = self.store.load(project_id)
+        learned = cold_start_of(state, self.cold_start_basis(state, spec)).get(target.from_name)
+        demos = learned.demonstrations if learned else ()
         started = time.perf_counter()
-        for target in spec.classification_targets:
-            if target.multiple:
-                continue  # demonstrations and priors are defined for single-choice blocks
-            tokens = [scorer.task_tokens(text) for text in sample]
-            demos: tuple[Demonstration, ...] = ()
-            if self.settings.demonstrations > 0:
-                zero_shot = scorer.correct(target, scorer.raw_probabilities(target, tokens))
-                chosen = select_self_labeled_demos(sample, zero_shot, k=self.settings.demonstrations)
-                demos = tuple(
-                    Demonstration(text=sample[c.index], labels=(target.options[c.label].prompt_name,)) for c in chosen
-                )
-            raw = scorer.raw_probabilities(target, tokens, demonstrations=demos)
-            learned[target.from_name] = {
-                "demonstrations": [{"text": d.text, "labels": list(d.labels)} for d in demos],
-                "label_bias": [round(float(b), 6) for b in matching_bias(raw)],
-                "n_tasks": len(sample),
-            }
-        state.extra[COLD_START_KEY] = learned
+        best, losses, biases = evaluate_variants(
+            self._scorer, self._base_options(state), target, texts, np.array([names[l] for l in labels]), demos,
+            DEFAULT_VARIANTS,
+        )
+        state.extra[PROMPT_VARIANT_KEY] = {
+            **best.as_dict(),
+            "config": config_fingerprint(state.label_config),
+            "label_bias": {target.from_name: biases[best.name]} if best.name in biases else {},
+            "dev_tasks": len(texts),
+        }
         self.store.save(state)
         version = self.model_version(state, spec)
         log.info(
-            "event=cold_start project=%s tasks=%d model_version=%s ms=%d",
-            project_id,
-            len(sample),
-            version,
-            (time.perf_counter() - started) * 1000,
+            "event=prompt_chosen project=%s variant=%r log_loss=%.4f dev_tasks=%d model_version=%s ms=%d",
+            project_id, best.name, losses[best.name], len(texts), version, (time.perf_counter() - started) * 1000,
         )
-        return version
+        return {"chosen": best.name, "log_loss": losses, "model_version": version, "target": target.from_name}
 
     def score_tasks(self, project_id: str, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Predictions for tasks of a known project, from its stored config (the job's entry point)."""
@@ -260,7 +334,7 @@ class LLMBackend:
     ) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
         """`tasks -> predictions` with the project's options, cold-start results and version."""
         scorer = self._scorer(self.options_for(state))
-        cold_start = cold_start_of(state)
+        cold_start = variant_cold_start(cold_start_of(state, self.cold_start_basis(state, spec)), stored_variant(state))
 
         def score(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return predict_tasks(
@@ -368,16 +442,3 @@ def _project_of_tasks(tasks: list[dict[str, Any]]) -> str | None:
         if isinstance(task, dict) and task.get("project") is not None:
             return project_id_of(task["project"])
     return None
-
-
-def cold_start_of(state: ProjectState) -> dict[str, ColdStart]:
-    """The stored cold-start results of a project, per target (from_name)."""
-    learned = {}
-    for from_name, entry in state.extra.get(COLD_START_KEY, {}).items():
-        learned[from_name] = ColdStart(
-            demonstrations=tuple(
-                Demonstration(text=d["text"], labels=tuple(d["labels"])) for d in entry.get("demonstrations", [])
-            ),
-            label_bias=tuple(entry["label_bias"]) if entry.get("label_bias") else None,
-        )
-    return learned

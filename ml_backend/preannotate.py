@@ -185,9 +185,10 @@ def preannotate_project(
     task_ids = None if ALL_TASKS in selection else sorted(int(t) for t in selection)
 
     previous = progress.get(project_id)
-    record = progress.update(
+    progress.update(
         project_id,
         state=RUNNING,
+        phase=None,
         done=0,
         scored=0,
         total=0,
@@ -204,13 +205,20 @@ def preannotate_project(
         if not state.label_config:
             raise ValueError(f"project {project_id} has no labeling config yet (connect it so /setup runs)")
         spec = parse_label_config(state.label_config)
-        version = backend.model_version(state, spec)
-        record = progress.update(project_id, model_version=version)
         client = ProjectClient.for_project(settings, state)
-
         tasks = list(client.tasks(task_ids, page_size=settings.preannotate_page_size))
+        if tasks and backend.needs_cold_start(state, spec):
+            # Round one: learn demonstrations and the label bias from these tasks first, so the
+            # first predictions written already use them (and carry the version that says so).
+            progress.update(project_id, phase="cold_start")
+            with background_work():
+                backend.prepare_cold_start(project_id, [task.as_task() for task in tasks])
+            state = backend.store.load(project_id)
+            progress.update(project_id, started_at=time.time())  # rate and ETA count prediction only
+        version = backend.model_version(state, spec)
+        progress.update(project_id, model_version=version, phase="predict")
         todo, covered, labeled = select_tasks(tasks, version, include_labeled=settings.preannotate_labeled)
-        record = progress.update(project_id, total=len(todo), skipped=covered + labeled)
+        progress.update(project_id, total=len(todo), skipped=covered + labeled)
         log.info(
             "event=preannotate_started project=%s model_version=%s listed=%d todo=%d covered=%d labeled=%d",
             project_id, version, len(tasks), len(todo), covered, labeled,

@@ -12,6 +12,8 @@ each Labels block): the weakest part decides whether the pre-annotation is right
 
 from __future__ import annotations
 
+import dataclasses
+
 import html
 import logging
 import re
@@ -39,6 +41,7 @@ class PredictionOptions:
     max_text_tokens: int = 256
     instruction: str | None = None
     batch_size: int = 8  # tasks per runtime call: the runtime lock is released between calls
+    use_hints: bool = True  # label definitions (Choice hints) in the prompt; a dev-set prompt choice may drop them
     ner_max_new_tokens: int = 64
     offset_unit: offsets.OffsetUnit = offsets.LABEL_STUDIO_OFFSET_UNIT
 
@@ -90,6 +93,10 @@ class LabelScorer:
 
     # --- building blocks --------------------------------------------------------------
     def prompt(self, target: Target, demonstrations: Sequence[Demonstration] = ()) -> ScoringPrompt:
+        if not self.options.use_hints:
+            target = dataclasses.replace(
+                target, options=tuple(dataclasses.replace(o, hint=None) for o in target.options)
+            )
         return build_scoring_prompt(
             self.runtime.chat_format, target, instruction=self.options.instruction, demonstrations=demonstrations
         )

@@ -25,6 +25,7 @@ class ProjectProgress:
     project_id: str
     state: str = QUEUED
     model_version: str | None = None
+    phase: str | None = None  # "cold_start" (learning demonstrations and label bias first), then "predict"
     done: int = 0  # tasks given a prediction of model_version by this run (written to Label Studio)
     scored: int = 0  # tasks scored by this run (done + scored but not yet written)
     total: int = 0  # tasks this run has to predict (after skipping covered and labeled ones)

@@ -6,7 +6,6 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pytest

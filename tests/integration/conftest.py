@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -89,38 +88,11 @@ def llama_runtime(default_model_path):
 @pytest.fixture(scope="session")
 def backend_server(tmp_path_factory, default_model_path, model_cache_dir):
     """Our backend under gunicorn, the way `make run` starts it, with the embedded default model."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("backend") / "backend.log"
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "MODEL_DIR": str(tmp_path_factory.mktemp("model_store")),
-        "CACHE_DIR": str(model_cache_dir),
-    }
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "--config", "ml_backend/gunicorn_conf.py", "ml_backend.wsgi:app"],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: requests.get(f"{url}/health", timeout=2).json().get("model_loaded"),
-            timeout=180,
-            what="backend",
-            process=process,
-        )
+    from tests.integration.services import backend_process
+
+    env = {"MODEL_DIR": str(tmp_path_factory.mktemp("model_store")), "CACHE_DIR": str(model_cache_dir)}
+    with backend_process(env, tmp_path_factory.mktemp("backend") / "backend.log") as url:
         yield url
-    except Exception:
-        print(log_path.read_text(errors="replace")[-5000:])
-        raise
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,9 @@ pytestmark = pytest.mark.integration
 # The scenario is 300 tasks (the default, and what CI runs); a developer on a busy
 # laptop may lower it with BULK_TEST_TASKS while iterating.
 N_TASKS = int(os.environ.get("BULK_TEST_TASKS", "300"))
+# The tests below are about the runner and the overflow policy; the cold start (tested with the
+# in-process runner above) would only change the version once more before the job writes.
+RUNNER_ONLY = {"DEMONSTRATIONS": "0", "BIAS_CALIBRATION": "content_free"}
 SENTIMENT_EN = (LABELING_CONFIGS / "sentiment_en.xml").read_text(encoding="utf-8")
 
 
@@ -82,20 +85,35 @@ def _assert_exactly_one_prediction_of(version: str, per_task: dict[int, Counter]
 def test_imported_tasks_are_preannotated_in_process_while_predict_stays_responsive(
     ls_client, label_studio, tmp_path, model_cache_dir
 ):
-    env = {"MODEL_DIR": str(tmp_path / "store"), "CACHE_DIR": str(model_cache_dir), "REDIS_URL": ""}
+    # The default settings, cold start included (on fewer tasks than the default 200, for time).
+    env = {
+        "MODEL_DIR": str(tmp_path / "store"),
+        "CACHE_DIR": str(model_cache_dir),
+        "REDIS_URL": "",
+        "COLD_START_TASKS": "40",
+    }
     with backend_process(env, tmp_path / "backend.log") as backend_url:
         project = _new_project(ls_client, backend_url, "bulk in-process")
-        version = requests.post(
+        before_cold_start = requests.post(
             f"{backend_url}/setup", json={"project": str(project.id), "schema": SENTIMENT_EN}, timeout=10
         ).json()["model_version"]
 
         ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t in _texts(N_TASKS)])  # → TASKS_CREATED
 
         running = _wait_for_status(
-            backend_url, project.id, lambda s: s.get("state") == "running" and s.get("total") == N_TASKS,
-            timeout=300, what="job started by the import webhook",
+            backend_url, project.id,
+            lambda s: s.get("state") == "running" and s.get("phase") == "predict" and s.get("total") == N_TASKS,
+            timeout=600, what="job started by the import webhook",
         )
         assert running["runner"] == "in-process"
+        # The job first learned demonstrations and the label bias from the imported tasks (round
+        # one), which is a new model version; everything it writes carries that version.
+        version = running["model_version"]
+        assert version != before_cold_start
+        setup_now = requests.post(
+            f"{backend_url}/setup", json={"project": str(project.id), "schema": SENTIMENT_EN}, timeout=10
+        ).json()["model_version"]
+        assert setup_now == version
         # Label Studio's synchronous single-task call while the job runs (an id outside the project,
         # so this direct call does not stand in for a prediction Label Studio would store).
         response = requests.post(
@@ -111,7 +129,9 @@ def test_imported_tasks_are_preannotated_in_process_while_predict_stays_responsi
 
     task_ids = [t.id for t in ls_client.tasks.list(project=project.id)]
     assert len(task_ids) == N_TASKS
-    _assert_exactly_one_prediction_of(version, _versions_per_task(ls_client, project.id), task_ids)
+    per_task = _versions_per_task(ls_client, project.id)
+    _assert_exactly_one_prediction_of(version, per_task, task_ids)
+    assert not any(counts[before_cold_start] for counts in per_task.values())
     assert status["last_error"] is None  # ("done" counts the last run: the /setup job or the import's)
     assert ls_client.projects.get(id=project.id).model_version == version  # uncertainty sampling follows it
 
@@ -129,6 +149,7 @@ def test_rq_worker_killed_halfway_resumes_without_duplicates_and_new_versions_re
         "RQ_QUEUE": f"bulk-test-{int(time.time())}",
         "JOB_LEASE_S": "4",  # a SIGKILLed job frees its project quickly
         "PREANNOTATE_WRITE_BATCH": "16",
+        **RUNNER_ONLY,
     }
     worker = start_worker(env, tmp_path / "worker-1.log")
     try:
@@ -199,6 +220,7 @@ def test_retrieve_predictions_over_budget_stores_placeholders_that_the_job_repla
         "REDIS_URL": "",
         "PREDICT_TIME_BUDGET_S": "0",
         "PREANNOTATE_AUTO": "false",  # only the overflow hands work to the job here
+        **RUNNER_ONLY,
     }
     n_tasks = 8
     with backend_process(env, tmp_path / "backend.log") as backend_url:

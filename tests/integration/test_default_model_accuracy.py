@@ -1,39 +1,46 @@
-"""The real default model labels the shared datasets clearly above chance, with varying scores."""
+"""The real default model, through the service's default path, labels the shared datasets clearly
+above chance, with scores that vary.
+
+The default path is what a new project gets: `/setup`, the cold start on the project's unlabeled
+tasks (self-labeled demonstrations + label bias, as the pre-annotation job runs it), then predictions.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ml_backend.calibration import matching_bias
-from ml_backend.label_config import parse_label_config
-from ml_backend.predictor import LabelScorer, PredictionOptions
+from ml_backend.config import Settings
+from ml_backend.model import LLMBackend
+from ml_backend.model_store import ModelStore
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 
 pytestmark = pytest.mark.integration
 
 # dataset, config, accuracy floor. Chance is 0.5 / 0.25 / 0.5 (majority 0.71 on chnsenticorp);
-# floors sit well above chance and below what this model measured here (README table).
+# floors sit well above chance and below what this path measured here (README tables).
 CASES = [
-    ("sst2", "sentiment_en.xml", 0.68),
-    ("ag_news", "topic_en.xml", 0.50),
+    ("sst2", "sentiment_en.xml", 0.65),
+    ("ag_news", "topic_en.xml", 0.45),
     ("chnsenticorp", "sentiment_zh.xml", 0.70),
 ]
 
 
 @pytest.mark.parametrize("dataset, config_name, floor", CASES, ids=[c[0] for c in CASES])
-def test_default_model_accuracy_on_100_examples(llama_runtime, dataset, config_name, floor):
+def test_default_model_accuracy_on_100_examples(llama_runtime, tmp_path, dataset, config_name, floor):
     rows = load_jsonl(shared_path("data", dataset, "test.jsonl"), limit=100)
-    target = parse_label_config((LABELING_CONFIGS / config_name).read_text(encoding="utf-8")).targets[0]
-    scorer = LabelScorer(llama_runtime, PredictionOptions())
-    texts = [row["text"] for row in rows]
-    raw = scorer.raw_probabilities(target, [scorer.task_tokens(t) for t in texts])
-    # As after the service's cold start: the label bias is estimated on the project's own
-    # (here: these) unlabeled texts, without their labels, and divided out.
-    probabilities = scorer.correct(target, raw, label_bias=matching_bias(raw))
-    predicted = [target.options[i].result_value for i in probabilities.argmax(axis=1)]
+    settings = Settings(model_dir=tmp_path, cold_start_tasks=50)  # defaults otherwise; 50 keeps CI short
+    backend = LLMBackend(settings, lambda: llama_runtime, ModelStore(tmp_path))
+    config = (LABELING_CONFIGS / config_name).read_text(encoding="utf-8")
+    backend.setup("1", config)
+    tasks = [{"id": i, "data": {"text": row["text"]}} for i, row in enumerate(rows)]
+    backend.prepare_cold_start("1", tasks)  # reads the texts only, never the labels
+
+    predictions, _ = backend.predict(tasks, project="1")
+
+    predicted = [p["result"][0]["value"]["choices"][0] for p in predictions]
     accuracy = float(np.mean([p == row["label"] for p, row in zip(predicted, rows)]))
-    confidence = probabilities.max(axis=1)
-    print(f"{dataset}: accuracy={accuracy:.3f} mean_confidence={confidence.mean():.3f}")
+    scores = np.array([p["score"] for p in predictions])
+    print(f"{dataset}: accuracy={accuracy:.3f} mean_score={scores.mean():.3f}")
     assert accuracy >= floor
-    assert confidence.std() > 0.02, "scores vary with the input"
+    assert scores.std() > 0.02, "scores vary with the input"

@@ -8,7 +8,6 @@ import time
 import pytest
 
 from ml_backend.offsets import span_of_value
-from tests.conftest import LABELING_CONFIGS
 from tests.integration.conftest import LS_PASSWORD, LS_USER, require
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ import pytest
 
 from ml_backend.label_config import parse_label_config
 from ml_backend.predictor import LabelScorer, PredictionOptions
-from ml_backend.scoring import label_probabilities
 from tests.conftest import LABELING_CONFIGS
 from tests.integration.conftest import require
 

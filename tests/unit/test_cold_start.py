@@ -4,12 +4,15 @@ import pytest
 
 from ml_backend.config import Settings
 from ml_backend.errors import BadRequest
-from ml_backend.model import LLMBackend, cold_start_of
+from ml_backend.label_config import parse_label_config
+from ml_backend.cold_start import cold_start_of
+from ml_backend.model import LLMBackend
 from ml_backend.model_store import ModelStore
 from tests.conftest import LABELING_CONFIGS
 
 SENTIMENT_EN = (LABELING_CONFIGS / "sentiment_en.xml").read_text()
 TEXTS = [f"{'positive' if i % 3 else 'negative'} review number {i}" for i in range(40)]
+TASKS = [{"id": i, "data": {"text": t}} for i, t in enumerate(TEXTS)]
 
 
 @pytest.fixture
@@ -20,7 +23,7 @@ def backend(tmp_path, keyword_runtime):
 
 def test_cold_start_stores_demos_and_bias_and_changes_the_version(backend):
     before = backend.setup("5.1", SENTIMENT_EN)
-    after = backend.prepare_cold_start("5", TEXTS)
+    after = backend.prepare_cold_start("5", TASKS)
     assert after != before
     learned = cold_start_of(backend.store.load("5"))["sentiment"]
     assert len(learned.demonstrations) == 4
@@ -37,7 +40,37 @@ def test_cold_start_stores_demos_and_bias_and_changes_the_version(backend):
 
 def test_cold_start_needs_a_known_project_and_texts(backend):
     with pytest.raises(BadRequest):
-        backend.prepare_cold_start("99", TEXTS)
+        backend.prepare_cold_start("99", TASKS)
     backend.setup("6.1", SENTIMENT_EN)
     with pytest.raises(BadRequest):
-        backend.prepare_cold_start("6", ["", "  "])
+        backend.prepare_cold_start("6", [{"data": {"text": ""}}, {"data": {"text": "  "}}, {"data": {}}])
+
+
+def test_cold_start_is_needed_once_per_config_and_goes_stale_when_it_changes(backend):
+    backend.setup("7.1", SENTIMENT_EN)
+    state = backend.store.load("7")
+    spec = parse_label_config(SENTIMENT_EN)
+    assert backend.needs_cold_start(state, spec)
+    learned_version = backend.prepare_cold_start("7", TASKS)
+    state = backend.store.load("7")
+    assert not backend.needs_cold_start(state, spec)
+    assert cold_start_of(state, backend.cold_start_basis(state, spec))
+
+    # A new label set: the stored demonstrations and bias no longer apply, and are not used.
+    changed = SENTIMENT_EN.replace('<Choice value="negative"', '<Choice value="mixed"/><Choice value="negative"')
+    assert changed != SENTIMENT_EN
+    new_version = backend.setup("7.1", changed)
+    state = backend.store.load("7")
+    new_spec = parse_label_config(changed)
+    assert backend.needs_cold_start(state, new_spec)
+    assert cold_start_of(state, backend.cold_start_basis(state, new_spec)) == {}
+    assert new_version != learned_version
+    predictions, _ = backend.predict([{"data": {"text": "positive"}}], project="7.1")
+    assert len(predictions[0]["result"]) == 1  # scored with three labels, no stale 2-label bias
+
+
+def test_no_cold_start_when_it_would_change_nothing(tmp_path, keyword_runtime):
+    settings = Settings(model_dir=tmp_path, demonstrations=0, bias_calibration="content_free")
+    backend = LLMBackend(settings, lambda: keyword_runtime, ModelStore(tmp_path))
+    backend.setup("8.1", SENTIMENT_EN)
+    assert not backend.needs_cold_start(backend.store.load("8"), parse_label_config(SENTIMENT_EN))
