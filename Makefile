@@ -52,7 +52,7 @@ unit: install-dev
 test: install-dev label-studio
 	bash scripts/run_tests.sh
 
-bench: install-dev
+bench: install-dev label-studio
 	bash scripts/run_benchmarks.sh
 
 clean:

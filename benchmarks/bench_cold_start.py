@@ -111,10 +111,15 @@ def evaluate_dataset(runtime, dataset: str, config_name: str, n_tasks: int, n_de
         ("(a') zero-shot, full label sequence, raw", dataclasses.replace(naive, scoring_mode="full_sequence")),
         ("(b) + bias calibration: content-free", dataclasses.replace(naive, bias_calibration="content_free")),
         ("(b') + bias calibration: prior matching on unlabeled tasks", dataclasses.replace(naive, bias_calibration="prior_matching")),
+        # The same three read-outs with the shipped config's label definitions in the prompt: where
+        # the definitions tilt the model toward one label, (a) is biased and calibration must fix it.
+        ("(a+) zero-shot with definitions, raw", PromptVariant("a+", use_hints=True, n_demonstrations=0, bias_calibration="none")),
+        ("(b+) zero-shot with definitions + content-free", PromptVariant("b+", use_hints=True, n_demonstrations=0)),
+        ("(b+') zero-shot with definitions + prior matching", PromptVariant("b+'", use_hints=True, n_demonstrations=0, bias_calibration="prior_matching")),
         ("(c) + 8 self-labeled demos, full sequence, content-free", PromptVariant("c", use_hints=False, n_demonstrations=8)),
         ("(c') + 8 self-labeled demos, full sequence, prior matching", PromptVariant("c2", use_hints=False, n_demonstrations=8, bias_calibration="prior_matching")),
         ("(d) + label definitions (hints), demos, content-free", PromptVariant("d", use_hints=True, n_demonstrations=8)),
-        ("(d') + label definitions (hints), demos, prior matching", PromptVariant("d2", use_hints=True, n_demonstrations=8, bias_calibration="prior_matching")),
+        ("(d') + label definitions (hints), demos, prior matching = the service default", PromptVariant("d2", use_hints=True, n_demonstrations=8, bias_calibration="prior_matching")),
     ]
     rows = []
     for name, variant in steps:
