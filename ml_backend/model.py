@@ -39,7 +39,7 @@ from ml_backend.cold_start import (
     stored_basis,
     target_texts,
 )
-from ml_backend.predictor import LabelScorer, PredictionOptions, predict_tasks
+from ml_backend.predictor import SCORING_REVISION, LabelScorer, PredictionOptions, predict_tasks
 from ml_backend.prompt_choice import (
     PROMPT_VARIANT_KEY,
     apply_variant,
@@ -124,6 +124,7 @@ class LLMBackend:
         options = self.options_for(state)
         fingerprint = "|".join(
             [
+                f"scoring:{SCORING_REVISION}",
                 spec.config_hash,
                 options.instruction or "",
                 options.scoring_mode,

@@ -27,11 +27,20 @@ from ml_backend.label_config import LabelSpec, Target
 from ml_backend.llm.base import LLMRuntime, ProgressCallback
 from ml_backend.llm.prompts import Demonstration, ScoringPrompt, build_scoring_prompt, yes_no_question
 from ml_backend.ner.extractor import NerExtractor, TaskEntities
-from ml_backend.scoring import label_probabilities, multi_choice_prediction, single_choice_prediction, yes_probabilities
+from ml_backend.scoring import (
+    label_probabilities,
+    multi_choice_prediction,
+    single_choice_prediction,
+    some_sequence_is_a_prefix,
+    yes_probabilities,
+)
 
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN_CAP = 16  # pre-cut huge texts before tokenizing: no token is longer than this many chars
+# Part of every model_version: bump it when the same prompt would give different scores
+# (2: the end-of-answer token only where a label starts another), so Label Studio re-requests.
+SCORING_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -104,9 +113,12 @@ class LabelScorer:
     def continuations(self, target: Target, prompt: ScoringPrompt) -> list[list[int]]:
         """Token lists to score after the task text.
 
-        Single choice: lead + label (+ first token of the answer's end in full_sequence mode;
-        only the label's first token in first_token mode). Multiple choice: for each label,
-        question + lead + "yes" and question + lead + "no" (interleaved: yes_0, no_0, yes_1, ...).
+        Single choice, full_sequence mode: lead + label, plus the first token of the answer's
+        end only when some label's tokens are a prefix of another's (`Sci` vs `Sci/Tech`: only
+        the end tells "Sci, done" from "Sci, continuing"); otherwise the end token would add
+        one more scored position per label and tell nothing apart. first_token mode: lead +
+        the label's first token. Multiple choice: for each label, question + lead + "yes" and
+        question + lead + "no" (interleaved: yes_0, no_0, yes_1, ...).
         """
         tokenize = self.runtime.tokenize
         if target.multiple:
@@ -116,17 +128,14 @@ class LabelScorer:
                 result.append(tokenize(prompt_text + "yes", special=True))
                 result.append(tokenize(prompt_text + "no", special=True))
             return result
-        end_tokens = tokenize(prompt.answer_end, special=True)[:1]
         n_lead = len(tokenize(prompt.answer_lead, special=True))
-        result = []
-        for option in target.options:
-            tokens = tokenize(prompt.answer_lead + option.prompt_name, special=True)
-            if self.options.scoring_mode == "first_token":
-                tokens = tokens[: n_lead + 1]
-            else:
-                tokens = tokens + end_tokens
-            result.append(tokens)
-        return result
+        labels = [tokenize(prompt.answer_lead + option.prompt_name, special=True) for option in target.options]
+        if self.options.scoring_mode == "first_token":
+            return [tokens[: n_lead + 1] for tokens in labels]
+        if not some_sequence_is_a_prefix(labels):
+            return labels
+        end_tokens = tokenize(prompt.answer_end, special=True)[:1]
+        return [tokens + end_tokens for tokens in labels]
 
     def task_tokens(self, text: str, *, task_id: Any = None) -> list[int]:
         limit = self.options.max_text_tokens

@@ -7,6 +7,8 @@ per label is plain numpy, testable on synthetic numbers.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 
@@ -20,7 +22,8 @@ def softmax(log_scores: np.ndarray, axis: int = -1) -> np.ndarray:
 def label_probabilities(continuation_logprobs: np.ndarray) -> np.ndarray:
     """Normalize summed log-probabilities over the label set.
 
-    continuation_logprobs: shape (n_tasks, n_labels), log P(lead + label [+ end] | prompt, text).
+    continuation_logprobs: shape (n_tasks, n_labels), log P(lead + label [+ end] | prompt, text) (the end only where labels need it:
+    `some_sequence_is_a_prefix`).
     The shared lead is identical for every label, so it cancels here.
     Returns shape (n_tasks, n_labels), rows summing to 1.
     """
@@ -33,6 +36,21 @@ def yes_probabilities(yes_logprobs: np.ndarray, no_logprobs: np.ndarray) -> np.n
     Both inputs have shape (n_tasks, n_labels); the shared question tokens cancel.
     """
     return 1.0 / (1.0 + np.exp(np.asarray(no_logprobs, dtype=np.float64) - np.asarray(yes_logprobs)))
+
+
+def some_sequence_is_a_prefix(sequences: Sequence[Sequence[int]]) -> bool:
+    """True when one token sequence starts another (or equals it).
+
+    Then P(sequence) alone cannot tell the shorter label from the longer one: the shorter
+    one's probability is part of the longer one's. Scoring the end of the answer after
+    each label fixes that; without such a pair it is not needed.
+    """
+    as_tuples = [tuple(s) for s in sequences]
+    return any(
+        i != j and len(a) <= len(b) and b[: len(a)] == a
+        for i, a in enumerate(as_tuples)
+        for j, b in enumerate(as_tuples)
+    )
 
 
 def single_choice_prediction(probabilities: np.ndarray) -> tuple[int, float]:

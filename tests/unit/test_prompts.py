@@ -35,3 +35,26 @@ def test_trie_shares_leading_tokens():
     assert [trie.nodes[n][0] for n in trie.path(trie.leaf_of[1])] == [1, 2, 4]
     assert sorted(trie.members[0]) == [0, 1, 2]
     assert trie.has_children[0] and not trie.has_children[trie.leaf_of[2]]
+
+
+def _single_choice(values: list[str]):
+    choices = "".join(f'<Choice value="{v}"/>' for v in values)
+    return parse_label_config(
+        f'<View><Text name="t" value="$t"/><Choices name="c" toName="t">{choices}</Choices></View>'
+    ).targets[0]
+
+
+def test_end_of_answer_is_scored_only_where_a_label_starts_another(keyword_runtime):
+    from ml_backend.predictor import LabelScorer, PredictionOptions
+
+    scorer = LabelScorer(keyword_runtime, PredictionOptions(bias_calibration="none"))
+    end = keyword_runtime.tokenize("<|im_end|>", special=True)[:1]
+
+    distinct = _single_choice(["World", "Sports"])
+    lead_and_labels = scorer.continuations(distinct, scorer.prompt(distinct))
+    assert all(tokens[-1] != end[0] for tokens in lead_and_labels)
+    assert "".join(map(chr, lead_and_labels[1])).endswith("Sports")
+
+    nested = _single_choice(["Sci", "Sci/Tech"])
+    with_end = scorer.continuations(nested, scorer.prompt(nested))
+    assert all(tokens[-1] == end[0] for tokens in with_end)

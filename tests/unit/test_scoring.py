@@ -9,6 +9,7 @@ from ml_backend.scoring import (
     multi_choice_prediction,
     single_choice_prediction,
     softmax,
+    some_sequence_is_a_prefix,
     yes_probabilities,
 )
 
@@ -50,3 +51,10 @@ def test_multi_choice_score_is_probability_all_decisions_right():
 def test_multi_choice_score_is_a_probability(probabilities):
     _, score = multi_choice_prediction(probabilities)
     assert 0.0 <= score <= 1.0
+
+
+def test_end_of_answer_is_needed_only_when_a_label_starts_another():
+    assert some_sequence_is_a_prefix([[1, 7], [1, 7, 9, 4], [1, 8]])  # "Sci" vs "Sci/Tech"
+    assert some_sequence_is_a_prefix([[1, 7], [1, 7]])  # two labels that tokenize alike
+    assert not some_sequence_is_a_prefix([[1, 7], [1, 8, 9], [1, 9]])  # shared lead, distinct labels
+    assert not some_sequence_is_a_prefix([[5]])
