@@ -44,7 +44,8 @@ def test_batched_tree_scoring_matches_plain_evaluation(llama_runtime, reference_
 
     batched = llama_runtime.score_continuations(prefix, tasks, continuations)
 
-    # Tree batching is exact: each continuation alone in its own call gives the same numbers.
+    # Tree batching is exact: each continuation alone in its own call gives the same numbers
+    # (with the runtime's plain weight layout; llama.cpp's repacked kernels differ by batch size).
     one_at_a_time = np.array(
         [[llama_runtime.score_continuations(prefix, [task], [c])[0, 0] for c in continuations] for task in tasks]
     )
