@@ -140,16 +140,18 @@ def main() -> None:
         status: dict = {}
         while time.perf_counter() - started < args.timeout:
             status = requests.get(f"{url}/preannotate/status", params={"project": project.id}, timeout=10).json()
-            idle = (
+            # The first job's cold start changes the version /setup announced: follow the job's version.
+            version = status.get("model_version") or version
+            job_idle = (
                 status.get("state") == "done"
                 and status.get("model_version") == version
                 and not status.get("queued_job")
                 and not status.get("running_job")
             )
             # Progress counts one run (each import starts its own): ask Label Studio what it holds.
-            if idle and len({p.task for p in ls.predictions.list(project=project.id) if p.model_version == version}) >= args.tasks:
+            if job_idle and len({p.task for p in ls.predictions.list(project=project.id) if p.model_version == version}) >= args.tasks:
                 break
-            time.sleep(5 if idle else 1)
+            time.sleep(5 if job_idle else 1)
         elapsed = time.perf_counter() - started
         stop.set()
         prober.join(timeout=130)
