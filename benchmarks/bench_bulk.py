@@ -141,10 +141,11 @@ def main() -> None:
         while time.perf_counter() - started < args.timeout:
             status = requests.get(f"{url}/preannotate/status", params={"project": project.id}, timeout=10).json()
             # The first job's cold start changes the version /setup announced: follow the job's version.
-            version = status.get("model_version") or version
+            job_version = status.get("model_version")
+            version = job_version or version
             job_idle = (
                 status.get("state") == "done"
-                and status.get("model_version") == version
+                and job_version is not None
                 and not status.get("queued_job")
                 and not status.get("running_job")
             )

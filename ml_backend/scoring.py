@@ -22,8 +22,8 @@ def softmax(log_scores: np.ndarray, axis: int = -1) -> np.ndarray:
 def label_probabilities(continuation_logprobs: np.ndarray) -> np.ndarray:
     """Normalize summed log-probabilities over the label set.
 
-    continuation_logprobs: shape (n_tasks, n_labels), log P(lead + label [+ end] | prompt, text) (the end only where labels need it:
-    `some_sequence_is_a_prefix`).
+    continuation_logprobs: shape (n_tasks, n_labels), log P(lead + label [+ end] | prompt, text),
+    the end only where labels need it (`some_sequence_is_a_prefix`).
     The shared lead is identical for every label, so it cancels here.
     Returns shape (n_tasks, n_labels), rows summing to 1.
     """
