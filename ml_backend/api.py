@@ -6,6 +6,7 @@ Endpoints and shapes follow Label Studio 1.23's ML backend protocol
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -13,7 +14,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ml_backend.errors import BadRequest, NotFound
 from ml_backend.model import LLMBackend
-from ml_backend.model_store import project_id_of
+from ml_backend.model_store import is_label_studio_project
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,7 @@ def setup():
     schema = body.get("schema")
     if not isinstance(schema, str):
         raise BadRequest("'schema' (the labeling config XML) is missing.", hint="Label Studio sends it on connect.")
-    extra_params = body.get("extra_params")
-    if extra_params is not None and not isinstance(extra_params, dict):
-        extra_params = None  # Label Studio may send a string; only an object carries settings
+    extra_params = parse_extra_params(body.get("extra_params"), project=body.get("project"))
     version = _backend().setup(
         body.get("project"),
         schema,
@@ -66,6 +65,40 @@ def setup():
         access_token=body.get("access_token"),
     )
     return jsonify({"model_version": version})
+
+
+MAX_LOGGED_CHARS = 80  # client-supplied text is bounded before it reaches a log line
+
+
+def parse_extra_params(raw: Any, *, project: Any = None) -> dict[str, Any] | None:
+    """The connection's *Any extra params* as a dict, or None.
+
+    Label Studio 1.23.2 stores the UI's textarea as text and sends it as a JSON **string**
+    ('{"instruction": "..."}'); the API may store an object. Anything else is ignored with a
+    warning that names the problem (the user typed it expecting an effect).
+    """
+    if raw is None or raw == "" or isinstance(raw, dict):
+        return raw or None
+    reason = "not_json"
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        else:
+            if isinstance(parsed, dict):
+                return parsed
+            reason = "not_a_json_object"
+    else:
+        reason = f"unexpected_type_{type(raw).__name__}"
+    log.warning(
+        "event=extra_params_ignored project=%.20r reason=%s value=%r hint=%s",
+        project,
+        reason,
+        str(raw)[:MAX_LOGGED_CHARS],
+        'write a JSON object, e.g. {"instruction": "Label the main topic."}',
+    )
+    return None
 
 
 @bp.post("/predict")
@@ -93,7 +126,7 @@ def webhook():
     if not isinstance(action, str):
         raise BadRequest("'action' is missing.", hint="Label Studio webhooks carry an 'action' field.")
     outcome = _backend().fit(action, body)
-    return jsonify({"action": action, **outcome}), 200
+    return jsonify({"action": action[:MAX_LOGGED_CHARS], **outcome}), 200
 
 
 @bp.post("/train")
@@ -121,8 +154,8 @@ def _bulk():
 def preannotate():
     """Explicit trigger: pre-annotate a project, or a selection of its tasks, in the background."""
     body = _json_object()
-    project_id = project_id_of(body.get("project"))
-    if not project_id or not project_id.isdigit():
+    project_id = _backend().project_key(body.get("project"))
+    if not project_id or not is_label_studio_project(project_id):
         raise BadRequest("'project' (a Label Studio project id) is missing.", hint='Send {"project": 3}.')
     tasks = body.get("tasks")
     if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, int) for t in tasks)):
@@ -139,7 +172,7 @@ def preannotate():
 @bp.get("/preannotate/status")
 def preannotate_status():
     """Progress of background pre-annotation: one project (?project=3) or all of them."""
-    project_id = project_id_of(request.args.get("project"))
+    project_id = _backend().project_key(request.args.get("project"))
     if project_id:
         return jsonify(_bulk().status(project_id))
     return jsonify({"projects": _bulk().all_status()})

@@ -95,9 +95,11 @@ def _register_auth(app: Flask, settings: Settings) -> None:
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(BackendError)
     def backend_error(error: BackendError):
-        log.warning("event=request_rejected path=%s status=%d error=%s", request.path, error.status_code, error.message)
+        log.warning(
+            "event=request_rejected path=%s status=%d error=%s", request.path, error.status_code, error.message[:300]
+        )
         response = jsonify(error.to_json())
-        response.status_code = error.status_code
+        response.status = f"{error.status_code} {error.reason}"  # what Label Studio's UI shows (errors.py)
         if isinstance(error, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
         return response

@@ -41,14 +41,18 @@ def _task_ids(text: str | None) -> list[int] | None:
         raise SystemExit(f"--tasks must be comma-separated task ids, got {text!r}") from None
 
 
-def _require_project(settings: Settings, project: str) -> None:
+def _require_project(settings: Settings, project: str) -> str:
+    """The store key of a connected project ("3" → "3.1795612540", its newest instance here)."""
     from ml_backend.model_store import ModelStore
 
-    if not ModelStore(settings.model_dir).exists(project):
+    store = ModelStore(settings.model_dir)
+    key = store.resolve(project)
+    if not store.exists(key):
         raise SystemExit(
             f"project {project} is unknown in MODEL_DIR={settings.model_dir}: connect it to the backend in "
             "Label Studio first (that calls /setup), and run this command with the server's MODEL_DIR"
         )
+    return key
 
 
 def cmd_preannotate(args: argparse.Namespace) -> int:
@@ -58,8 +62,7 @@ def cmd_preannotate(args: argparse.Namespace) -> int:
     from ml_backend.preannotate import JOB, _request_key, coalesce_key, trigger
 
     settings = Settings()
-    project = str(args.project)
-    _require_project(settings, project)
+    project = _require_project(settings, str(args.project))
     context = get_context(settings)
     task_ids = _task_ids(args.tasks)
 
@@ -122,7 +125,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         raise SystemExit("status needs REDIS_URL (without Redis, progress lives in the server: GET /preannotate/status)")
     bulk = BulkPreannotation(get_context(settings))
-    payload = bulk.status(str(args.project)) if args.project else {"projects": bulk.all_status()}
+    payload = bulk.status(bulk.context.backend.store.resolve(str(args.project))) if args.project else {
+        "projects": bulk.all_status()
+    }
     print(json.dumps(payload, indent=2))
     return 0
 
@@ -132,10 +137,10 @@ def cmd_new_version(args: argparse.Namespace) -> int:
     from ml_backend.preannotate import publish_new_version
 
     settings = Settings()
-    _require_project(settings, str(args.project))
+    project = _require_project(settings, str(args.project))
     if not settings.redis_url:
         print("note: without REDIS_URL the job runs in the server only after its next /setup", file=sys.stderr)
-    version = publish_new_version(str(args.project), context=get_context(settings))
+    version = publish_new_version(project, context=get_context(settings))
     print(f"project {args.project}: new model version {version}; pre-annotation queued")
     return 0
 
@@ -146,8 +151,7 @@ def cmd_cold_start(args: argparse.Namespace) -> int:
     from ml_backend.preannotate import trigger
 
     settings = Settings()
-    project = str(args.project)
-    _require_project(settings, project)
+    project = _require_project(settings, str(args.project))
     context = get_context(settings)
     state = context.backend.store.load(project)
     tasks = [task.as_task() for task in ProjectClient.for_project(settings, state).tasks()]
@@ -197,8 +201,7 @@ def cmd_choose_prompt(args: argparse.Namespace) -> int:
     from ml_backend.jobs import get_context
 
     settings = Settings()
-    project = str(args.project)
-    _require_project(settings, project)
+    project = _require_project(settings, str(args.project))
     texts, labels = read_gold(args.gold, args.text_field, args.label_field)
     context = get_context(settings)
     try:

@@ -1,10 +1,28 @@
 """Typed errors that the HTTP layer turns into 4xx JSON answers in one place.
 
-Every error carries a message for the user and a hint that says how to fix it,
-because Label Studio shows the message verbatim in its "Model" settings page.
+Every error carries a message for the user and a hint that says how to fix it. Label Studio
+1.23.2 does **not** show a response body: for a failed /setup it shows only
+`str(HTTPError)`, i.e. "422 Client Error: <reason phrase> for url: …", rendered as HTML. So
+the message also goes into the HTTP reason phrase, in words (tags would vanish as markup),
+ASCII-only and bounded; the JSON body keeps the full message and hint for API clients and logs.
 """
 
 from __future__ import annotations
+
+import html
+import re
+
+MAX_REASON_CHARS = 300  # the status line is not the place for a whole paragraph
+
+
+def reason_phrase(text: str) -> str:
+    """`text` made safe for an HTTP status line that Label Studio renders as HTML."""
+    one_line = re.sub(r"\s+", " ", text).strip()
+    escaped = html.escape(one_line, quote=False)
+    ascii_only = escaped.encode("ascii", "replace").decode("ascii")
+    if len(ascii_only) > MAX_REASON_CHARS:
+        ascii_only = ascii_only[: MAX_REASON_CHARS - 3].rstrip() + "..."
+    return ascii_only
 
 
 class BackendError(Exception):
@@ -12,10 +30,11 @@ class BackendError(Exception):
 
     status_code = 400
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", *, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.reason = reason_phrase(reason or message)  # the status line's text (see module docstring)
 
     def to_json(self) -> dict[str, str]:
         return {"error": self.message, "hint": self.hint}

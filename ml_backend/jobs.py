@@ -111,8 +111,14 @@ def get_context(settings: Settings | None = None) -> JobContext:
         return context
 
 
-# --- deadline ---------------------------------------------------------------------------------
+# --- deadline and job id of the running job ------------------------------------------------------
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("job_deadline", default=None)
+_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
+
+
+def current_job_id() -> str | None:
+    """The id of the job this code runs in (None outside a job): jobs record it in their status."""
+    return _job_id.get()
 
 
 def check_deadline() -> None:
@@ -173,6 +179,7 @@ def run_job(
     settings = context.settings
     deadline = time.monotonic() + settings.job_timeout_s
     token = _deadline.set(deadline)
+    job_token = _job_id.set(job_id)
     lease = None
     started = time.perf_counter()
     try:
@@ -191,6 +198,7 @@ def run_job(
         if lease is not None:
             lease.release()
         _deadline.reset(token)
+        _job_id.reset(job_token)
 
 
 def _one_line(exc: BaseException) -> str:

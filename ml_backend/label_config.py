@@ -87,6 +87,7 @@ def parse_label_config(label_config: str) -> LabelSpec:
     if not isinstance(label_config, str) or not label_config.strip():
         raise UnsupportedConfig(
             "The labeling config is empty.",
+            reason="Unsupported labeling config: it is empty",
             hint="Send the project's label_config (XML) with the request, or call /setup first.",
         )
     try:
@@ -94,6 +95,7 @@ def parse_label_config(label_config: str) -> LabelSpec:
     except Exception as exc:  # the SDK raises several lxml/own types for broken XML
         raise UnsupportedConfig(
             f"The labeling config is not valid XML: {exc}",
+            reason=f"Unsupported labeling config: not valid XML ({exc})",
             hint="Check the config in Label Studio's labeling interface editor.",
         ) from exc
 
@@ -125,6 +127,9 @@ def parse_label_config(label_config: str) -> LabelSpec:
             "object with a $variable value, so there is nothing this backend can pre-annotate.",
             hint='Use e.g. <Text name="text" value="$text"/> with <Choices name="label" toName="text">'
             " (classification) or <Labels> (NER); see labeling_configs/ for ready configs.",
+            reason="Unsupported labeling config: this backend needs a Choices or Labels tag bound to a Text or "
+            "HyperText tag whose value is a $variable (text classification or NER); see labeling_configs/ "
+            "in the backend's repository for ready configs",
         )
     return LabelSpec(targets=tuple(targets), config_hash=config_hash(label_config))
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from ml_backend.config import Settings
-from ml_backend.model_store import ProjectState
+from ml_backend.model_store import ProjectState, ls_project_id
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class ProjectClient:
     @classmethod
     def for_project(cls, settings: Settings, state: ProjectState) -> "ProjectClient":
         url, token = credentials(settings, state)
-        return cls(url, token, int(state.project_id), timeout_s=settings.label_studio_timeout_s)
+        return cls(url, token, ls_project_id(state.project_id), timeout_s=settings.label_studio_timeout_s)
 
     def tasks(self, task_ids: Iterable[int] | None = None, *, page_size: int = 500) -> Iterator[TaskRecord]:
         """The project's tasks (or the selected ones), with their predictions' versions."""

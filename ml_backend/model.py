@@ -26,10 +26,18 @@ import numpy as np
 from typing import TYPE_CHECKING, Any, Callable
 
 from ml_backend.config import DEFAULT_MODEL, Settings
-from ml_backend.errors import BadRequest
+from ml_backend.errors import BadRequest, UnsupportedConfig
 from ml_backend.label_config import LabelSpec, parse_label_config
 from ml_backend.llm.base import LLMRuntime
-from ml_backend.model_store import ModelStore, ProjectState, project_id_of
+from ml_backend.model_store import (
+    DEFAULT_PROJECT,
+    TRIGGERED_VERSION_KEY,
+    InvalidProjectId,
+    ModelStore,
+    ProjectState,
+    is_label_studio_project,
+    project_key_of,
+)
 from ml_backend.cold_start import (
     COLD_START_KEY,
     cold_start_basis,
@@ -55,7 +63,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRAINING_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
-TRIGGERED_VERSION_KEY = "preannotate_triggered_version"  # ProjectState.extra: last version we pre-annotate
+TRAINING_NOT_IMPLEMENTED = (
+    "training on annotations is not implemented in this version of the backend: Label Studio keeps your "
+    "annotations, but they do not change the model's predictions yet"
+)
 
 
 class LLMBackend:
@@ -138,6 +149,17 @@ class LLMBackend:
         prompt_hash = hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:8]
         return f"{self.model_name}-{prompt_hash}-v{state.version_counter}"
 
+    def project_key(self, project: Any, *, default: str | None = None) -> str | None:
+        """The store key of a request's `project` (see `model_store.project_key_of`); a bare id
+        maps to the newest project of that number. Not a Label Studio id → 400."""
+        try:
+            key = project_key_of(project)
+        except InvalidProjectId as exc:
+            raise BadRequest(
+                str(exc), hint='Label Studio sends its project id ("3" or "3.1795612540", id.creation time).'
+            ) from None
+        return self.store.resolve(key) if key is not None else default
+
     def setup(
         self,
         project: Any,
@@ -151,33 +173,53 @@ class LLMBackend:
         model_version. Milliseconds: a new project or a new version only enqueues pre-annotation."""
         from ml_backend.ls_client import remember_setup_credentials
 
-        spec = parse_label_config(label_config)
-        project_id = project_id_of(project) or "default"
-        state = self.store.load(project_id)
+        project_key = self.project_key(project, default=DEFAULT_PROJECT)
+        spec = self._parse_or_record(project_key, label_config)
+        state = self.store.load(project_key)
         instruction = (extra_params or {}).get("instruction") if isinstance(extra_params, dict) else None
+        if instruction is not None and not isinstance(instruction, str):
+            log.warning("event=extra_params_ignored project=%s reason=instruction_not_a_string", project_key)
+            instruction = None
         changed = state.label_config != label_config or (instruction is not None and state.instruction != instruction)
         state.label_config = label_config
         if instruction is not None:
-            state.instruction = str(instruction).strip() or None
+            state.instruction = instruction.strip() or None
         changed |= remember_setup_credentials(state, hostname, access_token)
+        version = self._save_and_maybe_refresh(
+            state, spec, save=changed or not self.store.exists(project_key), reason="setup_new_version"
+        )
+        log.info("event=setup project=%s model_version=%s targets=%d", project_key, version, len(spec.targets))
+        return version
+
+    def _parse_or_record(self, project_key: str, label_config: str) -> LabelSpec:
+        """Parse the config; a rejection is also recorded in the project's status (`last_error`),
+        because Label Studio shows the user only our status line, not the body."""
+        try:
+            return parse_label_config(label_config)
+        except UnsupportedConfig as exc:
+            if self.bulk is not None and is_label_studio_project(project_key):
+                self.bulk.record_rejection(project_key, f"labeling config rejected: {exc.message}")
+            raise
+
+    def _save_and_maybe_refresh(self, state: ProjectState, spec: LabelSpec, *, save: bool, reason: str) -> str:
+        """Save the state if asked, and pre-annotate the project in the background when its
+        version was never pre-annotated (first connection, new config or instruction)."""
         version = self.model_version(state, spec)
         trigger = (
             self.bulk is not None
             and self.settings.preannotate_auto
-            and project_id.isdigit()
+            and is_label_studio_project(state.project_id)
             and state.extra.get(TRIGGERED_VERSION_KEY) != version
         )
         if trigger:
             state.extra[TRIGGERED_VERSION_KEY] = version
-        if changed or trigger or not self.store.exists(project_id):
+        if save or trigger:
             self.store.save(state)
-        log.info("event=setup project=%s model_version=%s targets=%d", project_id, version, len(spec.targets))
         if trigger:
-            # First /setup of a project, or a new version (config, instruction): predict every task.
             try:
-                self.bulk.trigger(project_id, None, reason="setup_new_version")
+                self.bulk.trigger(state.project_id, None, reason=reason)
             except Exception:  # noqa: BLE001 - Redis down must not break connecting; the next /setup retries
-                log.exception("event=preannotate_trigger_failed project=%s model_version=%s", project_id, version)
+                log.exception("event=preannotate_trigger_failed project=%s model_version=%s", state.project_id, version)
                 state.extra.pop(TRIGGERED_VERSION_KEY, None)
                 self.store.save(state)
         return version
@@ -192,7 +234,7 @@ class LLMBackend:
         label_config: str | None = None,
     ) -> tuple[list[dict[str, Any]], str]:
         """Predictions for `tasks` (same length and order) and the model_version they carry."""
-        project_id = project_id_of(project) or _project_of_tasks(tasks) or "default"
+        project_id = self.project_key(project) or self.project_key(_project_of_tasks(tasks), default=DEFAULT_PROJECT)
         state = self.store.load(project_id)
         config = label_config or state.label_config
         if not config:
@@ -204,11 +246,17 @@ class LLMBackend:
         version = self.model_version(state, spec)
         started = time.perf_counter()
         score = self._task_scorer(state, spec, version, project_id)
-        if self.bulk is None or not project_id.isdigit():
+        if self.bulk is None or not is_label_studio_project(project_id):
             predictions = score(tasks)
             counts = {"scored": len(tasks)}
         else:
-            predictions, counts = self._predict_within_budget(score, tasks, project_id, version)
+            # While the project's cold start is still to come (the background job runs it), an
+            # answer now would carry a version that the cold start replaces minutes later: two
+            # competing predictions per task. So the job answers them (placeholders now, deleted
+            # when the job writes).
+            cold_start_due = self.settings.preannotate_auto and self.needs_cold_start(state, spec)
+            budget_s = 0.0 if cold_start_due else self.settings.predict_time_budget_s
+            predictions, counts = self._predict_within_budget(score, tasks, project_id, version, budget_s)
         log.info(
             "event=predict project=%s tasks=%d model_version=%s ms=%d %s",
             project_id,
@@ -243,6 +291,7 @@ class LLMBackend:
         if not state.label_config:
             raise BadRequest("Unknown project: call /setup first.", hint="Connect the project in Label Studio.")
         spec = parse_label_config(state.label_config)
+        version_before = self.model_version(state, spec)
         scorer = self._scorer(self.options_for(state))
         started = time.perf_counter()
         learned: dict[str, Any] = {}
@@ -254,9 +303,14 @@ class LLMBackend:
                 n_texts = max(n_texts, len(texts))
         if not learned:
             raise BadRequest("No task text to learn from.", hint="Import tasks before the cold-start step.")
+        state = self.store.load(project_id)  # re-read: a /setup may have saved meanwhile (credentials)
         state.extra[COLD_START_KEY] = {"basis": self.cold_start_basis(state, spec), "targets": learned}
-        self.store.save(state)
         version = self.model_version(state, spec)
+        if state.extra.get(TRIGGERED_VERSION_KEY) == version_before:
+            # The running job pre-annotates the new version next: the next /setup (Label Studio
+            # sends one on every page load) must not start a second, empty job for it.
+            state.extra[TRIGGERED_VERSION_KEY] = version
+        self.store.save(state)
         log.info(
             "event=cold_start project=%s tasks=%d demonstrations=%d model_version=%s ms=%d",
             project_id,
@@ -350,16 +404,17 @@ class LLMBackend:
         tasks: list[dict[str, Any]],
         project_id: str,
         version: str,
+        budget_s: float,
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
         """Answer /predict inside PREDICT_TIME_BUDGET_S: job-cached results first, then score in
         chunks while the next chunk still fits (estimated from the last one); tasks left over get
         a placeholder of the distinct version `<version>-pending` (empty result, score 0), which
-        Label Studio stores but which does not count as `version`, and go to the bulk job."""
+        Label Studio stores but which does not count as `version`, and go to the bulk job.
+        A budget of 0 hands every task with an id to the job (used while a cold start is due)."""
         from ml_backend.preannotate import pending_version
 
         assert self.bulk is not None
         started = time.perf_counter()
-        budget_s = self.settings.predict_time_budget_s
         ids = [task.get("id") if isinstance(task.get("id"), int) else None for task in tasks]
         cached = self.bulk.cached(project_id, version, [i for i in ids if i is not None])
         results: list[dict[str, Any] | None] = [cached.get(i) if i is not None else None for i in ids]
@@ -395,19 +450,44 @@ class LLMBackend:
         return [r for r in results if r is not None], counts
 
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
-        """Called for every webhook; training on annotations is not part of this service yet."""
-        project_id = project_id_of(data.get("project"))
+        """Called for every webhook (Label Studio gives it 1 s): dispatch by action, never block."""
+        project_id = self.project_key(data.get("project"))
         if event == "TASKS_CREATED":
             return self._tasks_created(project_id, data)
+        if event == "PROJECT_UPDATED":
+            return self._project_updated(project_id, data)
         if event in TRAINING_EVENTS:
-            log.info("event=fit_skipped reason=training_not_enabled action=%s project=%s", event, project_id)
-            return {"status": "skipped", "reason": "training is not enabled in this version"}
-        log.info("event=webhook_ignored action=%s project=%s", event, project_id)
+            log.info("event=fit_skipped reason=not_implemented action=%s project=%s", event, project_id)  # event is known
+            # "job" is what Label Studio records as the connection's training job (`ml/models.py`
+            # `train`); no job runs, so there is none to record.
+            return {"job": None, "status": "not_implemented", "reason": TRAINING_NOT_IMPLEMENTED}
+        log.info("event=webhook_ignored action=%.40r project=%s", event, project_id)
         return {"status": "ignored"}
+
+    def _project_updated(self, project_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
+        """A saved labeling interface arrives here first (the next /setup only when someone opens
+        the project): a changed config refreshes the project's predictions at once."""
+        project = data.get("project")
+        label_config = project.get("label_config") if isinstance(project, dict) else None
+        if not project_id or not isinstance(label_config, str) or not self.store.exists(project_id):
+            log.info("event=webhook_ignored action=PROJECT_UPDATED project=%s reason=not_connected", project_id)
+            return {"status": "ignored"}
+        state = self.store.load(project_id)
+        if state.label_config == label_config:
+            return {"status": "ignored", "reason": "labeling config unchanged"}
+        try:
+            spec = self._parse_or_record(project_id, label_config)
+        except UnsupportedConfig as exc:
+            log.warning("event=config_rejected project=%s error=%s", project_id, exc.message)
+            return {"status": "rejected", "reason": exc.message}
+        state.label_config = label_config
+        version = self._save_and_maybe_refresh(state, spec, save=True, reason="config_updated")
+        log.info("event=config_updated project=%s model_version=%s", project_id, version)
+        return {"status": "config_updated", "model_version": version}
 
     def _tasks_created(self, project_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
         """Imports: pre-annotate the new tasks in the background (the webhook must answer in < 1 s)."""
-        if self.bulk is None or not self.settings.preannotate_auto or not project_id or not project_id.isdigit():
+        if self.bulk is None or not self.settings.preannotate_auto or not project_id:
             return {"status": "ignored"}
         task_ids = [t["id"] for t in data.get("tasks") or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
         project = data.get("project")
@@ -422,7 +502,7 @@ class LLMBackend:
         return {"status": "queued", "job_id": enqueued.job_id, "tasks": len(task_ids)}
 
     def versions(self, project: Any = None) -> list[str]:
-        project_id = project_id_of(project)
+        project_id = self.project_key(project)
         if project_id is None or not self.store.exists(project_id):
             return []
         state = self.store.load(project_id)
@@ -438,8 +518,8 @@ class LLMBackend:
         return scorer
 
 
-def _project_of_tasks(tasks: list[dict[str, Any]]) -> str | None:
+def _project_of_tasks(tasks: list[dict[str, Any]]) -> Any:
     for task in tasks:
         if isinstance(task, dict) and task.get("project") is not None:
-            return project_id_of(task["project"])
+            return task["project"]
     return None

@@ -8,33 +8,105 @@ workers) read a consistent file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+TRIGGERED_VERSION_KEY = "preannotate_triggered_version"  # ProjectState.extra: last version pre-annotated
 
 
 @dataclass
 class ProjectState:
-    project_id: str
+    project_id: str  # the project key: "<id>.<created_ts>" (see `project_key_of`), or "<id>" for old state
     version_counter: int = 1
     label_config: str | None = None
     instruction: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def project_id_of(project: Any) -> str | None:
-    """Label Studio sends project as "6.1795457094" (id.created_ts) in /setup and /predict, an int elsewhere."""
-    if project is None:
+class InvalidProjectId(ValueError):
+    """A `project` value that is not a Label Studio project id."""
+
+
+MAX_ID_DIGITS = 12  # Label Studio ids are database integers; creation times are unix seconds
+_PROJECT_KEY = re.compile(rf"(\d{{1,{MAX_ID_DIGITS}}})(?:\.(\d{{1,{MAX_ID_DIGITS}}}))?")
+DEFAULT_PROJECT = "default"  # requests that name no project (a bare /predict with a label_config)
+
+
+def project_key_of(project: Any) -> str | None:
+    """Label Studio's identity of a project as the store's key, or None when none was sent.
+
+    Why not the bare id: after a Label Studio database reset, or with a second Label Studio on
+    the same backend, another project gets the same number. Label Studio sends
+    "<id>.<created_ts>" in /setup and /predict ("3.1795612540") and the whole project, with
+    `created_at`, in webhooks; both give the key "3.1795612540". A bare id (an int, "3", a
+    task's `project`, a CLI argument) gives "3", which `ModelStore.resolve` maps to the newest
+    project of that number. Anything else (None-like strings, floats, config snippets, ids
+    too long to be database ids) raises InvalidProjectId: it never becomes a file name.
+    """
+    if project is None or project == "":
         return None
     if isinstance(project, dict):
-        project = project.get("id")
-    text = str(project).strip()
-    match = re.fullmatch(r"(\d+)(\.\d+)?", text)
-    return match.group(1) if match else (text or None)
+        return _key_of_project_object(project)
+    if isinstance(project, bool) or isinstance(project, float):
+        raise InvalidProjectId(f"not a Label Studio project id: {_shown(project)}")
+    if isinstance(project, int):
+        if project < 0 or len(str(project)) > MAX_ID_DIGITS:
+            raise InvalidProjectId(f"not a Label Studio project id: {_shown(project)}")
+        return str(project)
+    if isinstance(project, str):
+        match = _PROJECT_KEY.fullmatch(project.strip())
+        if match:
+            project_id, created = match.groups()
+            return f"{int(project_id)}.{int(created)}" if created else str(int(project_id))
+    raise InvalidProjectId(f"not a Label Studio project id: {_shown(project)}")
+
+
+def _key_of_project_object(project: dict[str, Any]) -> str | None:
+    """A webhook's project object: its id plus `created_at` (ISO 8601) as Label Studio's timestamp."""
+    base = project_key_of(project.get("id"))
+    if base is None or "." in base:
+        if base is None:
+            return None
+        raise InvalidProjectId(f"not a Label Studio project id: {_shown(project.get('id'))}")
+    created = project.get("created_at")
+    if isinstance(created, str):
+        try:
+            stamp = datetime.fromisoformat(created.replace("Z", "+00:00"))
+        except ValueError:
+            return base
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=timezone.utc)
+        return f"{base}.{int(stamp.timestamp())}"  # Label Studio: int(project.created_at.timestamp())
+    return base
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A client-supplied value, bounded before it reaches a log line or an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+
+
+def ls_project_id(project_key: str) -> int:
+    """The Label Studio project number of a store key ("3.1795612540" → 3)."""
+    return int(project_key.split(".", 1)[0])
+
+
+def is_label_studio_project(project_key: str) -> bool:
+    return project_key != DEFAULT_PROJECT
+
+
+def project_id_of(project: Any) -> str | None:
+    """Deprecated alias of `project_key_of` for scripts written against earlier versions."""
+    return project_key_of(project)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -53,26 +125,68 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class ModelStore:
-    """Reads and writes `ProjectState`s under one directory."""
+    """Reads and writes `ProjectState`s under one directory.
+
+    Layout: `project_<id>/<created_ts>/state.json` per Label Studio project instance (the key
+    "3.1795612540"); `project_<id>/state.json` is state written before keys had the creation
+    time (migrated by the first load under a full key) or for a bare id never set up.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
 
-    def _path(self, project_id: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", project_id)
-        return self.root / f"project_{safe}" / "state.json"
+    def _path(self, project_key: str) -> Path:
+        project_id, _, created = project_key.partition(".")
+        folder = self.root / f"project_{re.sub(r'[^A-Za-z0-9_-]', '_', project_id)[:MAX_ID_DIGITS + 8]}"
+        return (folder / created if created else folder) / "state.json"
 
-    def load(self, project_id: str) -> ProjectState:
-        path = self._path(project_id)
+    def resolve(self, project_key: str) -> str:
+        """A bare id ("3") → the newest project instance of that number known here ("3.1795612540")."""
+        if "." in project_key or not project_key.isdigit():
+            return project_key
+        folder = self._path(project_key).parent
+        created = sorted(
+            (int(child.name) for child in folder.iterdir() if child.name.isdigit() and (child / "state.json").is_file()),
+            reverse=True,
+        ) if folder.is_dir() else []
+        return f"{project_key}.{created[0]}" if created else project_key
+
+    def load(self, project_key: str) -> ProjectState:
+        """The project's state (a fresh one if none is stored); a bare id reads its newest instance."""
+        project_key = self.resolve(project_key)
+        path = self._path(project_key)
         if not path.is_file():
-            return ProjectState(project_id=project_id)
+            migrated = self._migrate_legacy(project_key)
+            return migrated or ProjectState(project_id=project_key)
         data = json.loads(path.read_text(encoding="utf-8"))
+        data["project_id"] = project_key
         return ProjectState(**data)
+
+    def _migrate_legacy(self, project_key: str) -> ProjectState | None:
+        """State written under the bare id by earlier versions moves to the full key, once.
+
+        Its "already pre-annotated" version is dropped, so the project's next /setup runs the
+        background job again (which skips tasks that already hold the version: no duplicates).
+        """
+        if "." not in project_key:
+            return None
+        legacy = self._path(project_key.partition(".")[0])
+        with self._lock:
+            if not legacy.is_file():
+                return None
+            data = json.loads(legacy.read_text(encoding="utf-8"))
+            data["project_id"] = project_key
+            data.get("extra", {}).pop(TRIGGERED_VERSION_KEY, None)
+            state = ProjectState(**data)
+            atomic_write_text(self._path(project_key), json.dumps(asdict(state), ensure_ascii=False, indent=2))
+            os.replace(legacy, legacy.with_name("state.json.migrated"))
+        log.info("event=state_migrated from=%s to=%s", legacy, project_key)
+        return state
 
     def save(self, state: ProjectState) -> None:
         with self._lock:
             atomic_write_text(self._path(state.project_id), json.dumps(asdict(state), ensure_ascii=False, indent=2))
 
-    def exists(self, project_id: str) -> bool:
-        return self._path(project_id).is_file()
+    def exists(self, project_key: str) -> bool:
+        return self._path(self.resolve(project_key)).is_file()

@@ -25,13 +25,14 @@ import logging
 import time
 from typing import Any, Callable, Iterable, Sequence
 
-from ml_backend.jobs import Enqueued, JobContext, check_deadline, get_context
+from ml_backend.jobs import Enqueued, JobContext, check_deadline, current_job_id, get_context
 from ml_backend.kv import KEY_PREFIX
 from ml_backend.label_config import parse_label_config
 from ml_backend.llm.priority import background_work
 from ml_backend.ls_client import ProjectClient, TaskRecord
+from ml_backend.model_store import TRIGGERED_VERSION_KEY
 from ml_backend.prediction_cache import PredictionCache
-from ml_backend.progress import DONE, FAILED, QUEUED, RUNNING, ProgressStore
+from ml_backend.progress import DONE, FAILED, QUEUED, REJECTED, RUNNING, ProgressStore
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,6 @@ def publish_new_version(project_id: str, *, context: JobContext | None = None) -
     """Bump the project's version counter (what a retrain does) and re-annotate under the new version."""
     context = context or get_context()
     store = context.backend.store
-    from ml_backend.model import TRIGGERED_VERSION_KEY
-
     state = store.load(str(project_id))
     state.version_counter += 1
     version = context.backend.model_version(state, parse_label_config(state.label_config))
@@ -125,7 +124,20 @@ class BulkPreannotation:
     def mark_answered(self, project_id: str, model_version: str, task_ids: Iterable[int]) -> None:
         self.cache.mark_answered(project_id, model_version, task_ids)
 
+    def record_rejection(self, project_id: str, error: str) -> None:
+        """/setup or a config update refused the project's config: say so where users look."""
+        record = self.progress.get(project_id)
+        if record is not None and record.state == RUNNING:
+            self.progress.update(project_id, last_error=error)
+        else:
+            self.progress.update(project_id, state=REJECTED, last_error=error)
+
     def status(self, project_id: str) -> dict[str, Any]:
+        """A project's progress; a bare id ("6") means its newest instance with a record
+        (a project whose config was rejected has a record but no stored state)."""
+        if "." not in project_id and self.progress.get(project_id) is None:
+            instances = [r.project_id for r in self.progress.all() if r.project_id.split(".")[0] == project_id]
+            project_id = max(instances, key=lambda key: int(key.split(".")[1]), default=project_id)
         record = self.progress.get(project_id)
         runner = self.context.runner
         return {
@@ -188,6 +200,7 @@ def preannotate_project(
     progress.update(
         project_id,
         state=RUNNING,
+        job_id=current_job_id() or (previous.job_id if previous else None),
         phase=None,
         done=0,
         scored=0,
@@ -286,7 +299,9 @@ def preannotate_project(
             client.set_model_version(version)
             log.info("event=project_model_version_set project=%s model_version=%s", project_id, version)
         kv.delete(_active_key(project_id))
-        progress.update(project_id, state=DONE, finished_at=time.time(), eta_s=0.0)
+        finished = progress.update(project_id, state=DONE, finished_at=time.time(), eta_s=0.0)
+        if written:
+            progress.remember_last_write(finished, written)
         summary = {
             "project": project_id,
             "status": "done",

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, fields
 
 from ml_backend.kv import KEY_PREFIX, KV
 
 PROGRESS_INDEX = KEY_PREFIX + "progress:projects"  # set of project ids that have a record
 
-# Job states a record moves through: queued → running → done | failed (retrying in between).
-QUEUED, RUNNING, DONE, FAILED, RETRYING = "queued", "running", "done", "failed", "retrying"
+# Job states a record moves through: queued → running → done | failed (retrying in between);
+# "rejected": the project's labeling config was refused (see last_error), no job can run.
+QUEUED, RUNNING, DONE, FAILED, RETRYING, REJECTED = "queued", "running", "done", "failed", "retrying", "rejected"
+TIMESTAMP_FIELDS = ("started_at", "updated_at", "finished_at")
 
 
 @dataclass
@@ -38,9 +41,23 @@ class ProjectProgress:
     job_id: str | None = None
     last_error: str | None = None
     runs: int = 0  # runs started for this project (retries and restarts included)
+    # The last run that stored predictions: a later run with nothing to do must not hide it.
+    last_write: dict | None = None  # {"job_id", "model_version", "written", "finished_at"}
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """What the status endpoint shows: timestamps as ISO 8601 (UTC), seconds precision."""
+        shown = asdict(self)
+        for name in TIMESTAMP_FIELDS:
+            shown[name] = iso_time(shown[name])
+        if self.last_write:
+            shown["last_write"] = {**self.last_write, "finished_at": iso_time(self.last_write.get("finished_at"))}
+        return shown
+
+
+def iso_time(unix_seconds: float | None) -> str | None:
+    if unix_seconds is None:
+        return None
+    return datetime.fromtimestamp(unix_seconds, timezone.utc).isoformat(timespec="seconds")
 
 
 def rate_and_eta(done: int, total: int, elapsed_s: float) -> tuple[float | None, float | None]:
@@ -72,7 +89,7 @@ class ProgressStore:
             progress.rate, progress.eta_s = rate_and_eta(
                 progress.done, progress.total, progress.updated_at - progress.started_at
             )
-        self.kv.set(self._key(progress.project_id), json.dumps(progress.to_json()))
+        self.kv.set(self._key(progress.project_id), json.dumps(asdict(progress)))
         self.kv.sadd(PROGRESS_INDEX, [progress.project_id])
         return progress
 
@@ -82,6 +99,17 @@ class ProgressStore:
         for name, value in changes.items():
             setattr(progress, name, value)
         return self.save(progress)
+
+    def remember_last_write(self, progress: ProjectProgress, written: int) -> ProjectProgress:
+        return self.update(
+            progress.project_id,
+            last_write={
+                "job_id": progress.job_id,
+                "model_version": progress.model_version,
+                "written": written,
+                "finished_at": progress.finished_at,
+            },
+        )
 
     def all(self) -> list[ProjectProgress]:
         records = [self.get(project_id) for project_id in sorted(self.kv.smembers(PROGRESS_INDEX))]

@@ -59,7 +59,7 @@ def test_overflow_is_handed_to_the_job_which_reports_why_it_cannot_run(bulk_app)
 
 
 def test_small_requests_are_scored_on_the_spot(bulk_app, keyword_runtime):
-    client = bulk_app().test_client()
+    client = bulk_app(demonstrations=0).test_client()  # no cold start due: /predict may answer itself
     version = _setup(client)
     tasks = [{"id": 1, "data": {"text": "positive"}}, {"id": 2, "data": {"text": "negative"}}]
     results = client.post("/predict", json={"tasks": tasks, "project": "7.1795457094"}).json["results"]
@@ -73,7 +73,7 @@ def test_job_results_are_served_from_the_cache_without_scoring(bulk_app, keyword
     version = _setup(client)
     cached = {"result": [{"from_name": "sentiment", "to_name": "text", "type": "choices",
                           "value": {"choices": ["negative"]}}], "score": 0.42, "model_version": version}
-    app.extensions["llm_backend"].bulk.cache.put("7", version, {21: cached})
+    app.extensions["llm_backend"].bulk.cache.put("7.1795457094", version, {21: cached})
     keyword_runtime.calls.clear()
     results = client.post(
         "/predict", json={"tasks": [{"id": 21, "data": {"text": "positive"}}], "project": "7.1795457094"}
