@@ -1,24 +1,33 @@
 """Label-free bias correction of LLM label probabilities (pure numpy).
 
 A small LLM's raw label probabilities carry a prior of its own (it likes some label words
-more than others) that has nothing to do with the project's data. Two corrections that
-need no human label:
+more than others) that has nothing to do with the project's data. Corrections that need no
+human label:
 
 * contextual calibration ("Calibrate Before Use", Zhao et al. 2021): score content-free
   inputs such as "N/A"; their mean distribution is the model's bias; divide it out.
-* prior matching: divide by the mean predicted distribution over the project's unlabeled
-  tasks (so the corrected labels are balanced), then optionally re-estimate the true label
-  prior with EM (Saerens et al. 2002) treating the balanced posteriors as made under a
-  uniform prior.
+* uniform prior matching: divide by the mean predicted distribution over the project's
+  unlabeled tasks, so the corrected labels are balanced. Right for balanced projects, wrong
+  for every other one: 16 positive / 4 negative reviews come back 10 / 10.
+* estimated prior matching (the default): the model's bias and the project's label prior
+  cannot be told apart from the posteriors alone (only prior / bias is identified), so
+  anchor the bias on inputs that carry no label evidence (content-free inputs, or random
+  words of the project's own texts: "domain-context calibration", Fei et al. 2023), estimate
+  the label prior by EM on the likelihoods raw / bias (Saerens et al. 2002) with a Dirichlet
+  pseudo-count toward uniform, and match the corrected mean prediction to that prior.
 
 All functions take `probabilities` of shape (n_tasks, n_labels), rows summing to 1.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 CONTENT_FREE_INPUTS = ("N/A", "[MASK]", "...")
+DOMAIN_CONTEXT_INPUTS = 16  # random-token inputs drawn from a project's tasks for the bias anchor
+PRIOR_PSEUDO_COUNT = 5.0  # Dirichlet pseudo-tasks per label toward a uniform prior (MAP-EM)
 EPSILON = 1e-12
 
 
@@ -49,22 +58,31 @@ def mean_prediction(probabilities: np.ndarray) -> np.ndarray:
 
 
 def em_label_prior(
-    balanced_probabilities: np.ndarray, *, max_iterations: int = 100, tolerance: float = 1e-6
+    likelihoods: np.ndarray,
+    *,
+    pseudo_count: float = 0.0,
+    max_iterations: int = 1000,
+    tolerance: float = 1e-7,
 ) -> np.ndarray:
-    """EM estimate of the label prior (Saerens et al. 2002), posteriors made under a uniform prior.
+    """MAP-EM estimate of the label prior (Saerens et al. 2002) from per-task likelihoods.
 
-    Returns a prior of shape (n_labels,) summing to 1.
+    likelihoods: shape (n_tasks, n_labels), each row ∝ p(x | y) — e.g. probabilities already
+    divided by the model's own label bias, i.e. posteriors under a uniform prior. EM alternates
+    posterior ∝ likelihood · prior and prior ← (Σ posterior + pseudo_count) / (n + K · pseudo_count):
+    the fixed point maximizes the likelihood of the unlabeled tasks times a symmetric Dirichlet
+    prior with concentration 1 + pseudo_count, so a handful of tasks cannot push the prior far
+    from uniform while hundreds can. Returns shape (n_labels,), summing to 1.
     """
-    balanced = np.asarray(balanced_probabilities, dtype=np.float64)
-    n_labels = balanced.shape[1]
+    likelihoods = _normalize_rows(np.clip(np.asarray(likelihoods, dtype=np.float64), EPSILON, None))
+    n_tasks, n_labels = likelihoods.shape
     prior = np.full(n_labels, 1.0 / n_labels)
     for _ in range(max_iterations):
-        posterior = _normalize_rows(balanced * prior[None, :] * n_labels)
-        updated = posterior.mean(axis=0)
-        if np.max(np.abs(updated - prior)) < tolerance:
-            prior = updated
-            break
+        posterior = _normalize_rows(likelihoods * prior[None, :])
+        updated = (posterior.sum(axis=0) + pseudo_count) / (n_tasks + n_labels * pseudo_count)
+        converged = np.max(np.abs(updated - prior)) < tolerance
         prior = updated
+        if converged:
+            break
     return prior
 
 
@@ -94,19 +112,85 @@ def matching_bias(
     return bias
 
 
-def prior_matching(
-    probabilities: np.ndarray, unlabeled_probabilities: np.ndarray, *, estimate_prior: bool = False
+def anchor_bias(anchor_probabilities: np.ndarray) -> np.ndarray:
+    """The model's own label bias: its mean distribution over inputs that carry no label evidence.
+
+    anchor_probabilities: shape (n_inputs, n_labels), the model's probabilities under the
+    project's prompt for content-free inputs ("N/A", ...) and/or domain-context inputs
+    (`domain_context_inputs`). Returns shape (n_labels,), summing to 1.
+    """
+    bias = np.mean(np.asarray(anchor_probabilities, dtype=np.float64), axis=0)
+    return bias / bias.sum()
+
+
+def domain_context_inputs(
+    token_lists: Sequence[Sequence[int]], *, n_inputs: int = DOMAIN_CONTEXT_INPUTS, seed: int = 0
+) -> list[list[int]]:
+    """Random bags of the project's own tokens, as long as its typical task (Fei et al. 2023).
+
+    Why: "N/A" is far from a product review, and the model's label bias on it is not quite its
+    bias on the project's texts. Random tokens drawn from the project's tasks keep the domain
+    (language, vocabulary, length) while any label evidence is scrambled away. Token ids in,
+    token ids out: language-agnostic (Chinese has no spaces to split words on).
+    """
+    pool = np.concatenate([np.asarray(t, dtype=np.int64) for t in token_lists if len(t)]) if token_lists else []
+    if len(pool) == 0:
+        return []
+    length = max(1, int(np.median([len(t) for t in token_lists if len(t)])))
+    rng = np.random.default_rng(seed)
+    return [rng.choice(pool, size=length, replace=True).tolist() for _ in range(n_inputs)]
+
+
+def estimate_label_prior(
+    unlabeled_probabilities: np.ndarray,
+    model_bias: np.ndarray,
+    *,
+    pseudo_count: float = PRIOR_PSEUDO_COUNT,
 ) -> np.ndarray:
-    """Correct probabilities so the project's unlabeled tasks get balanced labels (or an EM prior).
+    """The project's label prior: MAP-EM on the likelihoods raw / model_bias (see `em_label_prior`).
+
+    The anchor `model_bias` (`anchor_bias`) is what makes the prior identifiable: from the
+    posteriors alone only prior / bias is. pseudo_count (per label) shrinks toward a uniform
+    prior, i.e. toward no prior correction, when the project has few tasks.
+    """
+    return em_label_prior(divide_out_prior(unlabeled_probabilities, model_bias), pseudo_count=pseudo_count)
+
+
+def estimated_prior_bias(
+    unlabeled_probabilities: np.ndarray,
+    anchor_probabilities: np.ndarray,
+    *,
+    pseudo_count: float = PRIOR_PSEUDO_COUNT,
+) -> np.ndarray:
+    """The label bias to divide out under BIAS_CALIBRATION=prior_matching (shape (n_labels,)).
+
+    Dividing it out leaves p(y | x) ∝ raw(y | x) / model_bias(y) · prior(y): the model's own
+    bias removed (anchor) and the project's estimated label prior put back, so a 90/10 project
+    is predicted about 90/10 and a balanced one about balanced.
+    """
+    model_bias = anchor_bias(anchor_probabilities)
+    prior = estimate_label_prior(unlabeled_probabilities, model_bias, pseudo_count=pseudo_count)
+    bias = np.clip(model_bias, EPSILON, None) / np.clip(prior, EPSILON, None)
+    return bias / bias.sum()
+
+
+def prior_matching(
+    probabilities: np.ndarray,
+    unlabeled_probabilities: np.ndarray,
+    *,
+    anchor_probabilities: np.ndarray | None = None,
+    pseudo_count: float = PRIOR_PSEUDO_COUNT,
+) -> np.ndarray:
+    """Correct probabilities with the label bias learned from the project's unlabeled tasks.
 
     unlabeled_probabilities: the raw probabilities of the project's unlabeled tasks (may be the
-    same array as `probabilities`). With estimate_prior=True the label prior is re-estimated by
-    EM from the balanced posteriors and multiplied back in, so a genuinely imbalanced project
-    keeps its imbalance.
+    same array as `probabilities`). With anchor_probabilities (the model's probabilities for
+    content-free / domain-context inputs) the project's label prior is estimated
+    (`estimated_prior_bias`); without, it is assumed uniform (`matching_bias`: the mean
+    corrected prediction is exactly balanced).
     """
-    bias = matching_bias(unlabeled_probabilities)
-    balanced = divide_out_prior(probabilities, bias)
-    if not estimate_prior:
-        return balanced
-    prior = em_label_prior(divide_out_prior(unlabeled_probabilities, bias))
-    return _normalize_rows(balanced * prior[None, :])
+    if anchor_probabilities is None:
+        bias = matching_bias(unlabeled_probabilities)
+    else:
+        bias = estimated_prior_bias(unlabeled_probabilities, anchor_probabilities, pseudo_count=pseudo_count)
+    return divide_out_prior(probabilities, bias)

@@ -3,8 +3,10 @@
 Why: a small model's zero-shot read-out leans toward some labels and knows nothing of the
 project's texts. Before anyone labels, the project's own (unlabeled) tasks are all we have:
 score a sample zero-shot, keep diverse confident ones as in-context demonstrations (CORAL's
-round one, `training.demos`), then estimate the label prior under the final prompt so
-BIAS_CALIBRATION=prior_matching can divide it out (`calibration.matching_bias`).
+round one, `training.demos`), then, under the final prompt, estimate the model's own label bias
+(anchor inputs that carry no label evidence) and the project's label prior (EM on the tasks),
+so BIAS_CALIBRATION=prior_matching divides the one out and puts the other back
+(`calibration.estimated_prior_bias`): a 90/10 project is predicted about 90/10, not 50/50.
 
 What is learned is stored in the project's state under COLD_START_KEY together with the
 *basis* it was learned for (config, instruction, demonstration count): a changed config makes
@@ -15,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from ml_backend.calibration import matching_bias
+from ml_backend import calibration
 from ml_backend.label_config import LabelSpec, Target
 from ml_backend.llm.prompts import Demonstration
 from ml_backend.model_store import ProjectState
@@ -26,6 +28,10 @@ from ml_backend.predictor import ColdStart, LabelScorer, html_to_text, task_text
 log = logging.getLogger(__name__)
 
 COLD_START_KEY = "cold_start"
+DEMO_POOL_MIN = 64  # the zero-shot pass reads at least this many texts to choose demonstrations from
+DEMO_POOL_PER_DEMONSTRATION = 8  # ... and 8 candidates per demonstration asked for
+
+StageProgress = Callable[[str, int, int], None]  # (stage, tasks done, tasks in the stage)
 
 
 def cold_start_targets(spec: LabelSpec) -> list[Target]:
@@ -53,24 +59,85 @@ def target_texts(tasks: Sequence[dict[str, Any]], target: Target, limit: int) ->
     return texts
 
 
-def learn_target(scorer: LabelScorer, target: Target, texts: list[str], n_demonstrations: int) -> dict[str, Any]:
-    """Self-labeled demonstrations and the label bias under the prompt that uses them (JSON-ready)."""
+def demonstration_pool_size(n_texts: int, n_demonstrations: int) -> int:
+    """How many of the sample's texts the zero-shot pass reads to choose demonstrations from.
+
+    Why not the whole sample: that pass is scored only to pick k diverse, confident examples,
+    and 8 candidates per demonstration (at least 64) already cover the label mix; the whole
+    sample is then read once, under the final prompt, for the label bias, and those scores are
+    the predictions the job writes (nothing read twice is thrown away).
+    """
+    return min(n_texts, max(DEMO_POOL_MIN, DEMO_POOL_PER_DEMONSTRATION * n_demonstrations))
+
+
+def learn_target(
+    scorer: LabelScorer,
+    target: Target,
+    texts: list[str],
+    n_demonstrations: int,
+    *,
+    progress: StageProgress | None = None,
+) -> dict[str, Any]:
+    """Self-labeled demonstrations and the label bias under the prompt that uses them (JSON-ready).
+
+    `progress(stage, done, total)` is called as tasks are scored in each of the two passes.
+    """
     from training.demos import select_self_labeled_demos
 
     tokens = [scorer.task_tokens(text) for text in texts]
     demos: tuple[Demonstration, ...] = ()
     if n_demonstrations > 0:
-        zero_shot = scorer.correct(target, scorer.raw_probabilities(target, tokens))
-        chosen = select_self_labeled_demos(texts, zero_shot, k=n_demonstrations)
+        pool = demonstration_pool_size(len(texts), n_demonstrations)
+        raw_pool = scorer.raw_probabilities(
+            target, tokens[:pool], progress=_counter(progress, f"{target.from_name}: choosing demonstrations", pool)
+        )
+        chosen = select_self_labeled_demos(texts[:pool], scorer.correct(target, raw_pool), k=n_demonstrations)
         demos = tuple(
             Demonstration(text=texts[c.index], labels=(target.options[c.label].prompt_name,)) for c in chosen
         )
-    raw = scorer.raw_probabilities(target, tokens, demonstrations=demos)
+    raw = scorer.raw_probabilities(
+        target, tokens, demonstrations=demos,
+        progress=_counter(progress, f"{target.from_name}: label bias with the final prompt", len(tokens)),
+    )
+    anchor = scorer.raw_probabilities(target, anchor_token_lists(scorer, tokens), demonstrations=demos)
+    model_bias = calibration.anchor_bias(anchor)
+    prior = calibration.estimate_label_prior(raw, model_bias)
+    label_bias = calibration.estimated_prior_bias(raw, anchor)
+    log.info(
+        "event=label_prior target=%s tasks=%d prior=%s model_bias=%s",
+        target.from_name,
+        len(texts),
+        [round(float(p), 3) for p in prior],
+        [round(float(b), 3) for b in model_bias],
+    )
     return {
         "demonstrations": [{"text": d.text, "labels": list(d.labels)} for d in demos],
-        "label_bias": [round(float(b), 6) for b in matching_bias(raw)],
+        "label_bias": [round(float(b), 6) for b in label_bias],
+        "label_prior": [round(float(p), 6) for p in prior],
         "n_tasks": len(texts),
     }
+
+
+def _counter(progress: StageProgress | None, stage: str, total: int) -> Callable[[int], None] | None:
+    """Adapt the runtime's per-task increments to `progress(stage, done, total)`."""
+    if progress is None:
+        return None
+    done = 0
+    progress(stage, 0, total)
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(stage, min(done, total), total)
+
+    return advance
+
+
+def anchor_token_lists(scorer: LabelScorer, task_tokens: list[list[int]]) -> list[list[int]]:
+    """Inputs without label evidence whose mean prediction is the model's own label bias:
+    the fixed content-free strings ("N/A", ...) and random bags of the project's tokens."""
+    content_free = [scorer.runtime.tokenize(text, special=False) for text in calibration.CONTENT_FREE_INPUTS]
+    return content_free + calibration.domain_context_inputs(task_tokens)
 
 
 def stored_basis(state: ProjectState) -> str | None:

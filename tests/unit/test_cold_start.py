@@ -5,7 +5,7 @@ import pytest
 from ml_backend.config import Settings
 from ml_backend.errors import BadRequest
 from ml_backend.label_config import parse_label_config
-from ml_backend.cold_start import cold_start_of
+from ml_backend.cold_start import COLD_START_KEY, cold_start_of
 from ml_backend.model import LLMBackend
 from ml_backend.model_store import ModelStore
 from tests.conftest import LABELING_CONFIGS
@@ -74,3 +74,19 @@ def test_no_cold_start_when_it_would_change_nothing(tmp_path, keyword_runtime):
     backend = LLMBackend(settings, lambda: keyword_runtime, ModelStore(tmp_path))
     backend.setup("8.1", SENTIMENT_EN)
     assert not backend.needs_cold_start(backend.store.load("8"), parse_label_config(SENTIMENT_EN))
+
+
+def test_cold_start_learns_the_projects_label_mix_instead_of_assuming_it_balanced(backend):
+    # 3 negative reviews for every positive one: the old uniform prior matching predicted half of
+    # them positive; the estimated prior keeps the project's mix.
+    texts = [f"{'positive' if i % 4 == 0 else 'negative'} review number {i}" for i in range(40)]
+    tasks = [{"id": i, "data": {"text": t}} for i, t in enumerate(texts)]
+    backend.setup("9.1", SENTIMENT_EN)
+    backend.prepare_cold_start("9", tasks)
+    stored = backend.store.load("9").extra[COLD_START_KEY]["targets"]["sentiment"]
+    labels = parse_label_config(SENTIMENT_EN).targets[0].result_values
+    prior = dict(zip(labels, stored["label_prior"]))
+    assert 0.6 < prior["negative"] < 0.9
+    predictions, _ = backend.predict(tasks, project="9.1")
+    predicted = [p["result"][0]["value"]["choices"][0] for p in predictions]
+    assert abs(predicted.count("negative") / len(predicted) - 0.75) <= 0.1
