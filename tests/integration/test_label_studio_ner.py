@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
 
 from ml_backend.offsets import span_of_value
-from tests.integration.conftest import LS_PASSWORD, LS_USER, require
+from tests.integration.conftest import require
+from tests.integration.ui import logged_in_page, require_chromium
 
 pytestmark = pytest.mark.integration
 
@@ -71,9 +71,8 @@ def test_ner_predictions_are_stored_for_every_task_with_exact_spans(ner_project)
     assert after_astral, "at least one stored span sits after an emoji / 𠮷"
 
 
-def test_the_labeling_page_highlights_exactly_the_predicted_characters(ner_project, label_studio):
-    require(shutil.which("chromium") is not None, "Debian chromium is not installed (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api")
+def test_the_labeling_page_highlights_exactly_the_predicted_characters(ner_project, label_studio, tmp_path):
+    require_chromium()
     project, tasks, predictions = ner_project
     # The task with astral characters before its entities, where UTF-16 offsets would highlight the wrong text.
     candidates = [
@@ -84,32 +83,18 @@ def test_the_labeling_page_highlights_exactly_the_predicted_characters(ner_proje
     prediction = candidates[0]
     expected = sorted(region["value"]["text"] for region in prediction.result)
 
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=shutil.which("chromium"),
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    with logged_in_page(label_studio, tmp_path) as page:
+        page.goto(f"{label_studio}/projects/{project.id}/data?tab=&task={prediction.task}")
+        page.wait_for_selector(".htx-highlight", timeout=60_000)
+        page.wait_for_timeout(1000)
+        highlighted = page.evaluate(
+            """() => {
+                const byRegion = new Map();
+                for (const el of document.querySelectorAll('.htx-highlight')) {
+                    const key = [...el.classList].find(c => /^htx-highlight-/.test(c)) || el;
+                    byRegion.set(key, (byRegion.get(key) || '') + el.textContent);
+                }
+                return [...byRegion.values()];
+            }"""
         )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{label_studio}/user/login/")
-            page.fill('input[name="email"]', LS_USER)
-            page.fill('input[name="password"]', LS_PASSWORD)
-            page.click('button[type="submit"]')
-            page.wait_for_load_state("networkidle")
-            page.goto(f"{label_studio}/projects/{project.id}/data?tab=&task={prediction.task}")
-            page.wait_for_selector(".htx-highlight", timeout=60_000)
-            page.wait_for_timeout(1000)
-            highlighted = page.evaluate(
-                """() => {
-                    const byRegion = new Map();
-                    for (const el of document.querySelectorAll('.htx-highlight')) {
-                        const key = [...el.classList].find(c => /^htx-highlight-/.test(c)) || el;
-                        byRegion.set(key, (byRegion.get(key) || '') + el.textContent);
-                    }
-                    return [...byRegion.values()];
-                }"""
-            )
-        finally:
-            browser.close()
     assert sorted(highlighted) == expected
