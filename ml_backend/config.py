@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         32, ge=1, description="Predictions per Label Studio write (bulk import request)."
     )
     preannotate_page_size: int = Field(500, ge=10, description="Tasks per page when the job lists a project.")
+    preannotate_first_page: int = Field(
+        20,
+        ge=0,
+        description="Before a new project's cold start, this many tasks get zero-shot predictions under a "
+        "provisional version at once (replaced by the job); 0 = none.",
+    )
     preannotate_labeled: bool = Field(
         False, description="Also pre-annotate tasks that already have a human annotation."
     )

@@ -65,6 +65,16 @@ class JobContext:
     backend: Any  # ml_backend.model.LLMBackend; its model loads lazily on first use
     runner: "JobRunner | None" = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # project state → a Label Studio client for it (tests inject an in-memory Label Studio)
+    client_factory: Callable[[Any], Any] | None = None
+
+    def label_studio(self, state: Any) -> Any:
+        """The Label Studio API client of a project (`ls_client.ProjectClient` unless injected)."""
+        if self.client_factory is not None:
+            return self.client_factory(state)
+        from ml_backend.ls_client import ProjectClient
+
+        return ProjectClient.for_project(self.settings, state)
 
 
 def queued_key(coalesce_key: str) -> str:

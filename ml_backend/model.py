@@ -40,6 +40,7 @@ from ml_backend.model_store import (
 )
 from ml_backend.cold_start import (
     COLD_START_KEY,
+    StageProgress,
     cold_start_basis,
     cold_start_of,
     cold_start_targets,
@@ -63,6 +64,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRAINING_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"})
+# Raw label probabilities kept per scorer (a few KB each): enough for the cold start's sample,
+# which the pre-annotation pass then writes without scoring it again.
+SCORER_MEMO_MIN_ROWS = 1024
 TRAINING_NOT_IMPLEMENTED = (
     "training on annotations is not implemented in this version of the backend: Label Studio keeps your "
     "annotations, but they do not change the model's predictions yet"
@@ -198,7 +202,7 @@ class LLMBackend:
             return parse_label_config(label_config)
         except UnsupportedConfig as exc:
             if self.bulk is not None and is_label_studio_project(project_key):
-                self.bulk.record_rejection(project_key, f"labeling config rejected: {exc.message}")
+                self.bulk.record_rejection(project_key, exc.reason)  # the words the UI's popup shows
             raise
 
     def _save_and_maybe_refresh(self, state: ProjectState, spec: LabelSpec, *, save: bool, reason: str) -> str:
@@ -283,7 +287,9 @@ class LLMBackend:
             and stored_basis(state) != self.cold_start_basis(state, spec)
         )
 
-    def prepare_cold_start(self, project_id: str, tasks: list[dict[str, Any]]) -> str:
+    def prepare_cold_start(
+        self, project_id: str, tasks: list[dict[str, Any]], *, on_progress: StageProgress | None = None
+    ) -> str:
         """Round one, before any human label (`ml_backend.cold_start`): from up to COLD_START_TASKS
         of the project's tasks, self-labeled demonstrations and the label bias per single-choice
         block. Stored per project; returns the new model_version (predictions get refreshed)."""
@@ -299,7 +305,9 @@ class LLMBackend:
         for target in cold_start_targets(spec):
             texts = target_texts(tasks, target, self.settings.cold_start_tasks)
             if texts:
-                learned[target.from_name] = learn_target(scorer, target, texts, self.settings.demonstrations)
+                learned[target.from_name] = learn_target(
+                    scorer, target, texts, self.settings.demonstrations, progress=on_progress
+                )
                 n_texts = max(n_texts, len(texts))
         if not learned:
             raise BadRequest("No task text to learn from.", hint="Import tasks before the cold-start step.")
@@ -514,7 +522,8 @@ class LLMBackend:
     def _scorer(self, options: PredictionOptions) -> LabelScorer:
         scorer = self._scorers.get(options)
         if scorer is None:
-            scorer = self._scorers[options] = LabelScorer(self.runtime, options)
+            memo_rows = max(SCORER_MEMO_MIN_ROWS, 2 * self.settings.cold_start_tasks)
+            scorer = self._scorers[options] = LabelScorer(self.runtime, options, memo_size=memo_rows)
         return scorer
 
 

@@ -80,13 +80,14 @@ def _key_of_project_object(project: dict[str, Any]) -> str | None:
     created = project.get("created_at")
     if isinstance(created, str):
         try:
-            stamp = datetime.fromisoformat(created.replace("Z", "+00:00"))
+            created = datetime.fromisoformat(created.replace("Z", "+00:00"))
         except ValueError:
             return base
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=timezone.utc)
-        return f"{base}.{int(stamp.timestamp())}"  # Label Studio: int(project.created_at.timestamp())
-    return base
+    if not isinstance(created, datetime):
+        return base
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=timezone.utc)
+    return f"{base}.{int(created.timestamp())}"  # Label Studio: int(project.created_at.timestamp())
 
 
 def _shown(value: Any, limit: int = 40) -> str:

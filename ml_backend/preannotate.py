@@ -29,7 +29,7 @@ from ml_backend.jobs import Enqueued, JobContext, check_deadline, current_job_id
 from ml_backend.kv import KEY_PREFIX
 from ml_backend.label_config import parse_label_config
 from ml_backend.llm.priority import background_work
-from ml_backend.ls_client import ProjectClient, TaskRecord
+from ml_backend.ls_client import TaskRecord
 from ml_backend.model_store import TRIGGERED_VERSION_KEY
 from ml_backend.prediction_cache import PredictionCache
 from ml_backend.progress import DONE, FAILED, QUEUED, REJECTED, RUNNING, ProgressStore
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 JOB = "ml_backend.preannotate.preannotate_project"
 ALL_TASKS = "*"  # member of a project's request set meaning "every task of the project"
 PENDING_SUFFIX = "-pending"  # model_version suffix of /predict's placeholders (see README)
+PROVISIONAL_SUFFIX = "-provisional"  # the first page's zero-shot predictions before a cold start
+COLD_START_LOG_EVERY = 16  # a cold-start progress log line every this many tasks
 
 
 def coalesce_key(project_id: str) -> str:
@@ -59,6 +61,15 @@ def pending_version(model_version: str) -> str:
 
 def is_pending_version(model_version: str | None) -> bool:
     return bool(model_version) and model_version.endswith(PENDING_SUFFIX)
+
+
+def provisional_version(model_version: str) -> str:
+    return f"{model_version}{PROVISIONAL_SUFFIX}"
+
+
+def is_stand_in_version(model_version: str | None) -> bool:
+    """A prediction this backend stores only until the real one is written (then deletes)."""
+    return bool(model_version) and model_version.endswith((PENDING_SUFFIX, PROVISIONAL_SUFFIX))
 
 
 # --- triggers -----------------------------------------------------------------------------------
@@ -186,135 +197,224 @@ def preannotate_project(
     """
     context = context or get_context()
     project_id = str(project_id)
-    kv, settings, backend = context.kv, context.settings, context.backend
-    progress = ProgressStore(kv)
-    cache = PredictionCache(kv, ttl_s=settings.prediction_cache_ttl_s)
-
-    selection = kv.move_set(_request_key(project_id), _active_key(project_id))
+    selection = context.kv.move_set(_request_key(project_id), _active_key(project_id))
     if not selection:
         log.info("event=preannotate_nothing_requested project=%s", project_id)
         return {"project": project_id, "status": "nothing_requested"}
     task_ids = None if ALL_TASKS in selection else sorted(int(t) for t in selection)
+    return PreannotationRun(context, project_id, task_ids, on_progress=on_progress).execute()
 
-    previous = progress.get(project_id)
-    progress.update(
-        project_id,
-        state=RUNNING,
-        job_id=current_job_id() or (previous.job_id if previous else None),
-        phase=None,
-        done=0,
-        scored=0,
-        total=0,
-        skipped=0,
-        started_at=time.time(),
-        finished_at=None,
-        rate=None,
-        eta_s=None,
-        last_error=None,
-        runs=(previous.runs if previous else 0) + 1,
-    )
-    try:
-        state = backend.store.load(project_id)
-        if not state.label_config:
-            raise ValueError(f"project {project_id} has no labeling config yet (connect it so /setup runs)")
-        spec = parse_label_config(state.label_config)
-        client = ProjectClient.for_project(settings, state)
-        tasks = list(client.tasks(task_ids, page_size=settings.preannotate_page_size))
-        if tasks and backend.needs_cold_start(state, spec):
-            # Round one: learn demonstrations and the label bias from these tasks first, so the
-            # first predictions written already use them (and carry the version that says so).
-            progress.update(project_id, phase="cold_start")
-            with background_work():
-                backend.prepare_cold_start(project_id, [task.as_task() for task in tasks])
-            state = backend.store.load(project_id)
-            progress.update(project_id, started_at=time.time())  # rate and ETA count prediction only
-        version = backend.model_version(state, spec)
-        progress.update(project_id, model_version=version, phase="predict")
-        todo, covered, labeled = select_tasks(tasks, version, include_labeled=settings.preannotate_labeled)
-        progress.update(project_id, total=len(todo), skipped=covered + labeled)
+
+class PreannotationRun:
+    """One run of the job for one project, phase by phase:
+
+    select (list the tasks) → first page + cold start (only for a project whose cold start is
+    due) → score in batches → flush (write, delete stand-ins) → finish (project.model_version,
+    status). Each phase is a method; the counters live on the object.
+
+    First predictions within seconds: a new project's cold start takes minutes on a CPU, so
+    before it the first `PREANNOTATE_FIRST_PAGE` tasks (what the Data Manager shows first) get
+    zero-shot predictions under a *provisional* version (`<version>-provisional`), which later
+    writes of this or any run replace (like `/predict`'s `-pending` placeholders): a task never
+    ends up with two competing predictions. The cold start's final-prompt pass over its sample
+    is remembered by the scorer (`LabelScorer` memo), so those tasks are written right after it
+    without being scored again.
+    """
+
+    def __init__(
+        self,
+        context: JobContext,
+        project_id: str,
+        task_ids: list[int] | None,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.context = context
+        self.project_id = project_id
+        self.task_ids = task_ids
+        self.on_progress = on_progress
+        self.settings = context.settings
+        self.backend = context.backend
+        self.progress = ProgressStore(context.kv)
+        self.cache = PredictionCache(context.kv, ttl_s=self.settings.prediction_cache_ttl_s)
+        self.version = ""
+        self.todo: list[TaskRecord] = []
+        self.done = self.written = self.answered_by_predict = self.first_page = 0
+        self.unwritten: list[tuple[TaskRecord, dict[str, Any]]] = []
+
+    # --- the run --------------------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        previous = self.progress.get(self.project_id)
+        self._report(
+            state=RUNNING,
+            job_id=current_job_id() or (previous.job_id if previous else None),
+            phase=None,
+            stage=None,
+            done=0,
+            scored=0,
+            total=0,
+            skipped=0,
+            started_at=time.time(),
+            finished_at=None,
+            rate=None,
+            eta_s=None,
+            last_error=None,
+            runs=(previous.runs if previous else 0) + 1,
+        )
+        try:
+            tasks = self._select()
+            if tasks and self.backend.needs_cold_start(self.state, self.spec):
+                self._write_first_page(tasks)
+                self._cold_start(tasks)
+            covered, labeled = self._plan(tasks)
+            superseded = self._score_and_write()
+            return self._finish(tasks, covered, labeled, superseded)
+        except Exception as exc:
+            self._report(state=FAILED, last_error=f"{type(exc).__name__}: {exc}"[:500])
+            raise
+
+    def _report(self, **changes: Any):
+        return self.progress.update(self.project_id, **changes)
+
+    def _select(self) -> list[TaskRecord]:
+        self.state = self.backend.store.load(self.project_id)
+        if not self.state.label_config:
+            raise ValueError(f"project {self.project_id} has no labeling config yet (connect it so /setup runs)")
+        self.spec = parse_label_config(self.state.label_config)
+        self.client = self.context.label_studio(self.state)
+        return list(self.client.tasks(self.task_ids, page_size=self.settings.preannotate_page_size))
+
+    def _write_first_page(self, tasks: list[TaskRecord]) -> None:
+        """Zero-shot predictions for the first tasks, under a provisional version, right away."""
+        size = self.settings.preannotate_first_page
+        if size <= 0:
+            return
+        current = self.backend.model_version(self.state, self.spec)
+        provisional = provisional_version(current)
+        page, _, _ = select_tasks(tasks, current, include_labeled=self.settings.preannotate_labeled)
+        page = [task for task in page if provisional not in task.model_versions][:size]
+        if not page:
+            return
+        self._report(phase="first_page", stage=None, total=len(page), done=0, started_at=time.time())
+        with background_work():
+            predictions = self.backend.score_tasks(self.project_id, [task.as_task() for task in page])
+        payload = [
+            {**prediction, "model_version": provisional, "task": task.id} for task, prediction in zip(page, predictions)
+        ]
+        self.first_page = self.client.write_predictions(payload)
+        self._report(done=len(page))
+        log.info(
+            "event=preannotate_first_page project=%s model_version=%s written=%d",
+            self.project_id, provisional, self.first_page,
+        )
+
+    def _cold_start(self, tasks: list[TaskRecord]) -> None:
+        """Round one (demonstrations, label bias) from the project's tasks, with progress by stage."""
+        started = {"stage": None, "at": time.time()}
+
+        def on_stage_progress(stage: str, done: int, total: int) -> None:
+            if stage != started["stage"]:
+                started.update(stage=stage, at=time.time())
+                self._report(stage=stage, done=0, total=total, started_at=started["at"])
+                log.info("event=cold_start_stage project=%s stage=%s tasks=%d", self.project_id, stage, total)
+            current = self._report(done=done, total=total)
+            if done == total or done % COLD_START_LOG_EVERY == 0:
+                log.info(
+                    "event=cold_start_progress project=%s stage=%s done=%d total=%d rate=%.2f eta_s=%.0f",
+                    self.project_id, stage, done, total, current.rate or 0.0, current.eta_s or 0.0,
+                )
+
+        self._report(phase="cold_start", stage=None, done=0, total=0, started_at=time.time())
+        with background_work():
+            self.backend.prepare_cold_start(
+                self.project_id, [task.as_task() for task in tasks], on_progress=on_stage_progress
+            )
+        self.state = self.backend.store.load(self.project_id)
+
+    def _plan(self, tasks: list[TaskRecord]) -> tuple[int, int]:
+        self.version = self.backend.model_version(self.state, self.spec)
+        self.todo, covered, labeled = select_tasks(tasks, self.version, include_labeled=self.settings.preannotate_labeled)
+        self._report(
+            model_version=self.version, phase="predict", stage=None, done=0, scored=0, total=len(self.todo),
+            skipped=covered + labeled, started_at=time.time(),  # rate and ETA count this phase only
+        )
         log.info(
             "event=preannotate_started project=%s model_version=%s listed=%d todo=%d covered=%d labeled=%d",
-            project_id, version, len(tasks), len(todo), covered, labeled,
+            self.project_id, self.version, len(tasks), len(self.todo), covered, labeled,
         )
-        done = 0
-        written = 0
-        answered_by_predict = 0
-        unwritten: list[tuple[TaskRecord, dict[str, Any]]] = []
+        return covered, labeled
 
-        def flush() -> None:
-            """Write what is scored. Right before writing, look at the batch's tasks again (one
-            request): Label Studio may have stored a /predict answer of this version meanwhile
-            (skip: no duplicate), a task may be gone (skip), and placeholders stored since the
-            listing are found and deleted."""
-            nonlocal done, written, answered_by_predict
-            if not unwritten:
-                return
-            batch = list(unwritten)
-            unwritten.clear()
-            ids = [task.id for task, _ in batch]
-            now = {task.id: task for task in client.tasks(ids, page_size=len(ids))}
-            answered = cache.answered(project_id, version, ids)
-            answered |= {i for i in ids if i in now and version in now[i].model_versions}
-            payload = [
-                {**prediction, "task": task.id}
-                for task, prediction in batch
-                if task.id in now and task.id not in answered
-            ]
-            written += client.write_predictions(payload)
-            answered_by_predict += len(answered)
-            placeholders = [
-                p["id"] for task in now.values() for p in task.predictions if is_pending_version(p["model_version"])
-            ]
-            client.delete_predictions(placeholders)
-            done += len(batch)
-            current = progress.update(project_id, done=done)
-            log.info(
-                "event=preannotate_progress project=%s model_version=%s done=%d total=%d rate=%.2f eta_s=%.0f",
-                project_id, version, done, len(todo), current.rate or 0.0, current.eta_s or 0.0,
-            )
-            if on_progress is not None:
-                on_progress(done, len(todo))
-
-        superseded = False
-        for batch in chunks(todo, settings.preannotate_score_batch):
+    def _score_and_write(self) -> bool:
+        """Score the planned tasks in batches and write them; True if a newer version took over."""
+        for batch in chunks(self.todo, self.settings.preannotate_score_batch):
             check_deadline()
-            superseded = backend.model_version(backend.store.load(project_id), spec) != version
-            if not superseded:
-                with background_work():
-                    predictions = backend.score_tasks(project_id, [task.as_task() for task in batch])
-                superseded = bool(predictions) and predictions[0]["model_version"] != version
-            if superseded:  # a newer version exists; the job queued for it takes over
-                log.info("event=preannotate_superseded project=%s model_version=%s", project_id, version)
-                break
-            cache.put(project_id, version, {task.id: p for task, p in zip(batch, predictions)})
-            unwritten.extend(zip(batch, predictions))
-            progress.update(project_id, scored=done + len(unwritten))
-            if len(unwritten) >= settings.preannotate_write_batch:
-                flush()
-        flush()
+            if self.backend.model_version(self.backend.store.load(self.project_id), self.spec) != self.version:
+                return self._superseded()
+            with background_work():
+                predictions = self.backend.score_tasks(self.project_id, [task.as_task() for task in batch])
+            if predictions and predictions[0]["model_version"] != self.version:
+                return self._superseded()
+            self.cache.put(self.project_id, self.version, {task.id: p for task, p in zip(batch, predictions)})
+            self.unwritten.extend(zip(batch, predictions))
+            self._report(scored=self.done + len(self.unwritten))
+            if len(self.unwritten) >= self.settings.preannotate_write_batch:
+                self._flush()
+        self._flush()
+        return False
 
-        if not superseded and (done or covered) and client.model_version() != version:
+    def _superseded(self) -> bool:
+        """A newer version exists; the job queued for it takes over. Keep what is scored."""
+        log.info("event=preannotate_superseded project=%s model_version=%s", self.project_id, self.version)
+        self._flush()
+        return True
+
+    def _flush(self) -> None:
+        """Write what is scored. Right before writing, look at the batch's tasks again (one
+        request): Label Studio may have stored a /predict answer of this version meanwhile
+        (skip: no duplicate), a task may be gone (skip); stand-ins on these tasks (placeholders,
+        provisional predictions) are deleted once the real prediction is there."""
+        if not self.unwritten:
+            return
+        batch, self.unwritten = self.unwritten, []
+        ids = [task.id for task, _ in batch]
+        now = {task.id: task for task in self.client.tasks(ids, page_size=len(ids))}
+        answered = self.cache.answered(self.project_id, self.version, ids)
+        answered |= {i for i in ids if i in now and self.version in now[i].model_versions}
+        payload = [{**prediction, "task": task.id} for task, prediction in batch if task.id in now and task.id not in answered]
+        self.written += self.client.write_predictions(payload)
+        self.answered_by_predict += len(answered)
+        stand_ins = [p["id"] for task in now.values() for p in task.predictions if is_stand_in_version(p["model_version"])]
+        self.client.delete_predictions(stand_ins)
+        self.done += len(batch)
+        current = self._report(done=self.done)
+        log.info(
+            "event=preannotate_progress project=%s model_version=%s done=%d total=%d rate=%.2f eta_s=%.0f",
+            self.project_id, self.version, self.done, len(self.todo), current.rate or 0.0, current.eta_s or 0.0,
+        )
+        if self.on_progress is not None:
+            self.on_progress(self.done, len(self.todo))
+
+    def _finish(self, tasks: list[TaskRecord], covered: int, labeled: int, superseded: bool) -> dict[str, Any]:
+        if not superseded and (self.done or covered) and self.client.model_version() != self.version:
             # Label Studio updates the ML connection's version, not the project's: uncertainty
             # sampling and the labeling UI follow project.model_version.
-            client.set_model_version(version)
-            log.info("event=project_model_version_set project=%s model_version=%s", project_id, version)
-        kv.delete(_active_key(project_id))
-        finished = progress.update(project_id, state=DONE, finished_at=time.time(), eta_s=0.0)
-        if written:
-            progress.remember_last_write(finished, written)
+            self.client.set_model_version(self.version)
+            log.info("event=project_model_version_set project=%s model_version=%s", self.project_id, self.version)
+        self.context.kv.delete(_active_key(self.project_id))
+        finished = self._report(state=DONE, finished_at=time.time(), eta_s=0.0)
+        if self.written or self.first_page:
+            self.progress.remember_last_write(finished, self.written + self.first_page)
         summary = {
-            "project": project_id,
-            "status": "done",
-            "model_version": version,
+            "project": self.project_id,
+            "status": "superseded" if superseded else "done",
+            "model_version": self.version,
             "listed": len(tasks),
-            "predicted": done,
-            "written": written,
-            "answered_by_predict": answered_by_predict,
+            "first_page": self.first_page,
+            "predicted": self.done,
+            "written": self.written,
+            "answered_by_predict": self.answered_by_predict,
             "covered": covered,
             "labeled": labeled,
         }
         log.info("event=preannotate_done %s", " ".join(f"{k}={v}" for k, v in summary.items()))
         return summary
-    except Exception as exc:
-        progress.update(project_id, state=FAILED, last_error=f"{type(exc).__name__}: {exc}"[:500])
-        raise

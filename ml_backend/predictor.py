@@ -17,6 +17,8 @@ import dataclasses
 import html
 import logging
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -95,10 +97,18 @@ def html_to_text(markup: str) -> str:
 class LabelScorer:
     """Turns texts into label probabilities for one target; caches content-free calibration."""
 
-    def __init__(self, runtime: LLMRuntime, options: PredictionOptions) -> None:
+    def __init__(self, runtime: LLMRuntime, options: PredictionOptions, *, memo_size: int = 0) -> None:
+        """memo_size > 0 keeps the raw probabilities of that many recent (target, demonstrations,
+        text) triples: the service's cold start scores a sample of tasks with the final prompt,
+        and the pre-annotation pass that follows then writes those tasks without scoring them
+        again. Off by default (benchmarks time repeated passes over the same texts)."""
         self.runtime = runtime
         self.options = options
         self._content_free: dict[tuple, np.ndarray] = {}
+        self._memo: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._memo_size = memo_size
+        self._memo_lock = threading.Lock()  # /predict and the in-process job share a scorer
+        self.memo_hits = 0  # rows served from the memo (logged by the job, asserted by tests)
 
     # --- building blocks --------------------------------------------------------------
     def prompt(self, target: Target, demonstrations: Sequence[Demonstration] = ()) -> ScoringPrompt:
@@ -157,6 +167,39 @@ class LabelScorer:
         progress: ProgressCallback | None = None,
     ) -> np.ndarray:
         """Uncorrected probabilities, shape (n, n_labels): a distribution (single) or P(yes) (multiple)."""
+        if self._memo_size <= 0:
+            return self._score_raw(target, token_lists, demonstrations=demonstrations, progress=progress)
+        keys = [(target, tuple(demonstrations), tuple(tokens)) for tokens in token_lists]
+        with self._memo_lock:
+            known = {i: self._memo[key] for i, key in enumerate(keys) if key in self._memo}
+        missing = [i for i in range(len(keys)) if i not in known]
+        if progress is not None and known:
+            progress(len(known))
+        if missing:
+            scored = self._score_raw(
+                target, [token_lists[i] for i in missing], demonstrations=demonstrations, progress=progress
+            )
+            known.update({index: scored[row] for row, index in enumerate(missing)})
+        rows = [known[i] for i in range(len(keys))]
+        with self._memo_lock:
+            for key, row in zip(keys, rows):
+                self._memo[key] = row
+                self._memo.move_to_end(key)
+            while len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+            self.memo_hits += len(keys) - len(missing)
+        if not rows:
+            return self._score_raw(target, [], demonstrations=demonstrations)
+        return np.stack(rows, axis=0)
+
+    def _score_raw(
+        self,
+        target: Target,
+        token_lists: Sequence[list[int]],
+        *,
+        demonstrations: Sequence[Demonstration] = (),
+        progress: ProgressCallback | None = None,
+    ) -> np.ndarray:
         prompt = self.prompt(target, demonstrations)
         prefix = self.runtime.prefix_tokens(prompt.prefix)
         continuations = self.continuations(target, prompt)

@@ -28,10 +28,13 @@ class ProjectProgress:
     project_id: str
     state: str = QUEUED
     model_version: str | None = None
-    phase: str | None = None  # "cold_start" (learning demonstrations and label bias first), then "predict"
-    done: int = 0  # tasks given a prediction of model_version by this run (written to Label Studio)
+    # "first_page" (zero-shot predictions for the first tasks), "cold_start" (learning
+    # demonstrations and the label bias), then "predict"; done/total/rate/eta count the phase
+    phase: str | None = None
+    stage: str | None = None  # within the cold start: which pass over which tasks
+    done: int = 0  # predict: tasks given a prediction of model_version (written); cold start: tasks scored
     scored: int = 0  # tasks scored by this run (done + scored but not yet written)
-    total: int = 0  # tasks this run has to predict (after skipping covered and labeled ones)
+    total: int = 0  # tasks this phase has to do (predict: after skipping covered and labeled ones)
     skipped: int = 0  # tasks that already had model_version, or an annotation, or /predict answered them
     started_at: float | None = None  # unix seconds
     updated_at: float | None = None

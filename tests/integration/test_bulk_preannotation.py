@@ -100,6 +100,18 @@ def test_imported_tasks_are_preannotated_in_process_while_predict_stays_responsi
 
         ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t in _texts(N_TASKS)])  # → TASKS_CREATED
 
+        # First predictions before the cold start ends: the provisional first page (issue 17).
+        deadline = time.monotonic() + 600
+        while True:
+            status = _status(backend_url, project.id)
+            stored = _versions_per_task(ls_client, project.id)
+            if stored:
+                break
+            assert time.monotonic() < deadline, f"no prediction stored; last status {status}"
+            time.sleep(1)
+        assert status["phase"] in ("first_page", "cold_start"), f"first predictions only after the cold start: {status}"
+        assert {v for counts in stored.values() for v in counts} == {before_cold_start + "-provisional"}
+
         running = _wait_for_status(
             backend_url, project.id,
             lambda s: s.get("state") == "running" and s.get("phase") == "predict" and s.get("total") == N_TASKS,
@@ -118,7 +130,7 @@ def test_imported_tasks_are_preannotated_in_process_while_predict_stays_responsi
         # so this direct call does not stand in for a prediction Label Studio would store).
         response = requests.post(
             f"{backend_url}/predict",
-            json={"tasks": [{"id": 10**9, "data": {"text": "A wonderful, moving film."}}], "project": f"{project.id}.1"},
+            json={"tasks": [{"id": 10**9, "data": {"text": "A wonderful, moving film."}}], "project": project.id},
             timeout=100,
         )
         assert response.status_code == 200
@@ -131,7 +143,7 @@ def test_imported_tasks_are_preannotated_in_process_while_predict_stays_responsi
     assert len(task_ids) == N_TASKS
     per_task = _versions_per_task(ls_client, project.id)
     _assert_exactly_one_prediction_of(version, per_task, task_ids)
-    assert not any(counts[before_cold_start] for counts in per_task.values())
+    assert all(set(counts) == {version} for counts in per_task.values()), "provisional predictions replaced"
     assert status["last_error"] is None  # ("done" counts the last run: the /setup job or the import's)
     assert ls_client.projects.get(id=project.id).model_version == version  # uncertainty sampling follows it
 

@@ -30,20 +30,6 @@ def _setup_body(extra_params, project="6.1795457094", schema=SENTIMENT_EN) -> di
     return {**body, "project": project, "schema": schema, "extra_params": extra_params}
 
 
-@pytest.fixture
-def bulk_app(settings, keyword_runtime):
-    """The app with background pre-annotation on (the job itself cannot reach Label Studio here)."""
-    from ml_backend.app import create_app
-
-    def build(**overrides):
-        return create_app(
-            settings.model_copy(update={"preannotate_auto": True, "job_retries": 0, **overrides}),
-            runtime_loader=lambda: keyword_runtime,
-        )
-
-    return build
-
-
 # --- 1. extra params arrive as a string -----------------------------------------------------------
 def test_instruction_typed_in_the_ui_as_a_json_string_reaches_the_prompt_and_the_version(client):
     plain = client.post("/setup", json=_setup_body(None)).json["model_version"]
@@ -79,7 +65,7 @@ def test_the_rejection_is_recorded_in_the_projects_status(bulk_app):
     assert client.post("/setup", json=_setup_body(None, schema=IMAGE_CONFIG)).status_code == 422
     status = client.get("/preannotate/status?project=6").json
     assert status["state"] == "rejected"
-    assert "Choices" in status["last_error"]
+    assert status["last_error"].startswith("Unsupported labeling config") and "Choices" in status["last_error"]
 
 
 def test_status_lines_stay_ascii_and_bounded_for_any_message(client):

@@ -12,19 +12,6 @@ from tests.conftest import LABELING_CONFIGS
 SENTIMENT_EN = (LABELING_CONFIGS / "sentiment_en.xml").read_text()
 
 
-@pytest.fixture
-def bulk_app(settings, keyword_runtime):
-    from ml_backend.app import create_app
-
-    def build(**overrides):
-        return create_app(
-            settings.model_copy(update={"preannotate_auto": True, "job_retries": 0, **overrides}),
-            runtime_loader=lambda: keyword_runtime,
-        )
-
-    return build
-
-
 def _setup(client, project="7.1795457094"):
     response = client.post("/setup", json={"project": project, "schema": SENTIMENT_EN})
     assert response.status_code == 200

@@ -1,0 +1,76 @@
+"""An in-memory Label Studio project with the interface of `ml_backend.ls_client.ProjectClient`.
+
+Unit tests inject it through `JobContext.client_factory`, so the pre-annotation job's rules
+(dedupe, stand-ins, first page, resume) run in milliseconds; the real client is exercised
+against a real Label Studio in tests/integration/.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from ml_backend.ls_client import TaskRecord
+
+
+@dataclass
+class FakeLabelStudio:
+    """One project's tasks and predictions; `events` records every write and delete, in order."""
+
+    task_data: dict[int, dict[str, Any]] = field(default_factory=dict)  # task id → data
+    labeled: set[int] = field(default_factory=set)
+    predictions: dict[int, dict[str, Any]] = field(default_factory=dict)  # prediction id → prediction
+    project_model_version: str | None = None
+    events: list[tuple[str, Any]] = field(default_factory=list)
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    @classmethod
+    def with_texts(cls, texts: Iterable[str], *, first_id: int = 1) -> "FakeLabelStudio":
+        return cls(task_data={first_id + i: {"text": text} for i, text in enumerate(texts)})
+
+    # --- the ProjectClient interface --------------------------------------------------------
+    def tasks(self, task_ids: Iterable[int] | None = None, *, page_size: int = 500) -> Iterator[TaskRecord]:
+        known = set(self.task_data)
+        wanted = sorted(known) if task_ids is None else sorted(set(int(t) for t in task_ids) & known)
+        for task_id in wanted:
+            stored = [
+                {"id": pid, "model_version": p["model_version"]}
+                for pid, p in self.predictions.items()
+                if p["task"] == task_id
+            ]
+            yield TaskRecord(
+                id=task_id,
+                data=dict(self.task_data[task_id]),
+                labeled=task_id in self.labeled,
+                model_versions={p["model_version"] for p in stored},
+                predictions=stored,
+            )
+
+    def write_predictions(self, predictions: list[dict[str, Any]]) -> int:
+        for prediction in predictions:
+            self.predictions[next(self._ids)] = dict(prediction)
+        if predictions:
+            self.events.append(("write", [(p["task"], p["model_version"]) for p in predictions]))
+        return len(predictions)
+
+    def delete_predictions(self, prediction_ids: Iterable[int]) -> None:
+        deleted = [int(pid) for pid in prediction_ids if int(pid) in self.predictions]
+        for pid in deleted:
+            del self.predictions[pid]
+        if deleted:
+            self.events.append(("delete", deleted))
+
+    def model_version(self) -> str | None:
+        return self.project_model_version
+
+    def set_model_version(self, version: str) -> None:
+        self.project_model_version = version
+        self.events.append(("project_model_version", version))
+
+    # --- what tests look at -------------------------------------------------------------------
+    def versions_per_task(self) -> dict[int, list[str]]:
+        per_task: dict[int, list[str]] = {task_id: [] for task_id in self.task_data}
+        for prediction in self.predictions.values():
+            per_task[prediction["task"]].append(prediction["model_version"])
+        return per_task
