@@ -77,17 +77,19 @@ def learn_target(
     n_demonstrations: int,
     *,
     progress: StageProgress | None = None,
+    pool_size: int | None = None,
 ) -> dict[str, Any]:
     """Self-labeled demonstrations and the label bias under the prompt that uses them (JSON-ready).
 
-    `progress(stage, done, total)` is called as tasks are scored in each of the two passes.
+    `progress(stage, done, total)` is called as tasks are scored in each of the two passes;
+    `pool_size` overrides `demonstration_pool_size` (benchmarks compare the two).
     """
     from training.demos import select_self_labeled_demos
 
     tokens = [scorer.task_tokens(text) for text in texts]
     demos: tuple[Demonstration, ...] = ()
     if n_demonstrations > 0:
-        pool = demonstration_pool_size(len(texts), n_demonstrations)
+        pool = min(len(texts), pool_size) if pool_size else demonstration_pool_size(len(texts), n_demonstrations)
         raw_pool = scorer.raw_probabilities(
             target, tokens[:pool], progress=_counter(progress, f"{target.from_name}: choosing demonstrations", pool)
         )
