@@ -16,7 +16,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,9 @@ def project_key_of(project: Any) -> str | None:
 def _key_of_project_object(project: dict[str, Any]) -> str | None:
     """A webhook's project object: its id plus `created_at` (ISO 8601) as Label Studio's timestamp."""
     base = project_key_of(project.get("id"))
-    if base is None or "." in base:
-        if base is None:
-            return None
+    if base is None:
+        return None
+    if "." in base:
         raise InvalidProjectId(f"not a Label Studio project id: {_shown(project.get('id'))}")
     created = project.get("created_at")
     if isinstance(created, str):
@@ -99,6 +99,13 @@ def _shown(value: Any, limit: int = 40) -> str:
 def ls_project_id(project_key: str) -> int:
     """The Label Studio project number of a store key ("3.1795612540" → 3)."""
     return int(project_key.split(".", 1)[0])
+
+
+def newest_instance(project_id: str, keys: Iterable[str]) -> str | None:
+    """Among store keys, the newest project instance of a bare id: "3" with keys "3.100",
+    "3.200", "4.150" → "3.200" (the project created last under that number); None if none."""
+    created = [int(key.partition(".")[2]) for key in keys if key.partition(".")[0] == project_id and "." in key]
+    return f"{project_id}.{max(created)}" if created else None
 
 
 def is_label_studio_project(project_key: str) -> bool:
@@ -147,11 +154,12 @@ class ModelStore:
         if "." in project_key or not project_key.isdigit():
             return project_key
         folder = self._path(project_key).parent
-        created = sorted(
-            (int(child.name) for child in folder.iterdir() if child.name.isdigit() and (child / "state.json").is_file()),
-            reverse=True,
-        ) if folder.is_dir() else []
-        return f"{project_key}.{created[0]}" if created else project_key
+        stored = (
+            f"{project_key}.{child.name}"
+            for child in (folder.iterdir() if folder.is_dir() else ())
+            if child.name.isdigit() and (child / "state.json").is_file()
+        )
+        return newest_instance(project_key, stored) or project_key
 
     def load(self, project_key: str) -> ProjectState:
         """The project's state (a fresh one if none is stored); a bare id reads its newest instance."""

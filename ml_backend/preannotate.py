@@ -30,7 +30,7 @@ from ml_backend.kv import KEY_PREFIX
 from ml_backend.label_config import parse_label_config
 from ml_backend.llm.priority import background_work
 from ml_backend.ls_client import TaskRecord
-from ml_backend.model_store import TRIGGERED_VERSION_KEY
+from ml_backend.model_store import TRIGGERED_VERSION_KEY, newest_instance
 from ml_backend.prediction_cache import PredictionCache
 from ml_backend.progress import DONE, FAILED, QUEUED, REJECTED, RUNNING, ProgressStore
 
@@ -147,8 +147,8 @@ class BulkPreannotation:
         """A project's progress; a bare id ("6") means its newest instance with a record
         (a project whose config was rejected has a record but no stored state)."""
         if "." not in project_id and self.progress.get(project_id) is None:
-            instances = [r.project_id for r in self.progress.all() if r.project_id.split(".")[0] == project_id]
-            project_id = max(instances, key=lambda key: int(key.split(".")[1]), default=project_id)
+            known = (record.project_id for record in self.progress.all())
+            project_id = newest_instance(project_id, known) or project_id
         record = self.progress.get(project_id)
         runner = self.context.runner
         return {

@@ -89,3 +89,10 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]  # no temp file left behind
+
+
+def test_newest_instance_of_a_bare_id():
+    from ml_backend.model_store import newest_instance
+
+    assert newest_instance("3", ["3.100", "3.200", "4.150", "3", "33.900"]) == "3.200"
+    assert newest_instance("5", ["3.100"]) is None
