@@ -9,6 +9,7 @@ halfway). No timing assertions: latency is measured in benchmarks/bench_bulk.py.
 from __future__ import annotations
 
 import os
+from functools import partial
 import time
 from collections import Counter
 
@@ -16,6 +17,7 @@ import pytest
 import requests
 
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
+from tests.integration.backend_status import is_finished, preannotation_status, versions_per_task, wait_for
 from tests.integration.conftest import LS_TOKEN
 from tests.integration.services import backend_process, kill_hard, run_cli, start_worker
 
@@ -42,37 +44,8 @@ def _new_project(ls_client, backend_url: str, title: str):
     return project
 
 
-def _versions_per_task(ls_client, project_id: int) -> dict[int, Counter]:
-    per_task: dict[int, Counter] = {}
-    for prediction in ls_client.predictions.list(project=project_id):
-        per_task.setdefault(prediction.task, Counter())[prediction.model_version] += 1
-    return per_task
 
 
-def _status(backend_url: str, project_id: int) -> dict:
-    return requests.get(f"{backend_url}/preannotate/status", params={"project": project_id}, timeout=10).json()
-
-
-def _wait_for_status(backend_url: str, project_id: int, condition, *, timeout: float, what: str) -> dict:
-    deadline = time.monotonic() + timeout
-    status = _status(backend_url, project_id)
-    while not condition(status):
-        assert time.monotonic() < deadline, f"{what}: last status {status}"
-        time.sleep(1)
-        status = _status(backend_url, project_id)
-    return status
-
-
-def _finished(version: str | None = None):
-    def check(status: dict) -> bool:
-        return (
-            status.get("state") == "done"
-            and not status.get("queued_job")
-            and not status.get("running_job")
-            and (version is None or status.get("model_version") == version)
-        )
-
-    return check
 
 
 def _assert_exactly_one_prediction_of(version: str, per_task: dict[int, Counter], task_ids) -> None:
@@ -103,8 +76,8 @@ def test_imported_tasks_are_preannotated_in_process_while_predict_stays_responsi
         # First predictions before the cold start ends: the provisional first page (issue 17).
         deadline = time.monotonic() + 600
         while True:
-            status = _status(backend_url, project.id)
-            stored = _versions_per_task(ls_client, project.id)
+            status = preannotation_status(backend_url, project.id)
+            stored = versions_per_task(ls_client, project.id)
             if stored:
                 break
             assert time.monotonic() < deadline, f"no prediction stored; last status {status}"
@@ -112,8 +85,8 @@ def test_imported_tasks_are_preannotated_in_process_while_predict_stays_responsi
         assert status["phase"] in ("first_page", "cold_start"), f"first predictions only after the cold start: {status}"
         assert {v for counts in stored.values() for v in counts} == {before_cold_start + "-provisional"}
 
-        running = _wait_for_status(
-            backend_url, project.id,
+        running = wait_for(
+            lambda: preannotation_status(backend_url, project.id),
             lambda s: s.get("state") == "running" and s.get("phase") == "predict" and s.get("total") == N_TASKS,
             timeout=600, what="job started by the import webhook",
         )
@@ -137,11 +110,11 @@ def test_imported_tasks_are_preannotated_in_process_while_predict_stays_responsi
         (answer,) = response.json()["results"]
         assert answer["model_version"] == version and answer["result"][0]["value"]["choices"]
 
-        status = _wait_for_status(backend_url, project.id, _finished(version), timeout=900, what="pre-annotation")
+        status = wait_for(lambda: preannotation_status(backend_url, project.id), partial(is_finished, version=version), timeout=900, what="pre-annotation")
 
     task_ids = [t.id for t in ls_client.tasks.list(project=project.id)]
     assert len(task_ids) == N_TASKS
-    per_task = _versions_per_task(ls_client, project.id)
+    per_task = versions_per_task(ls_client, project.id)
     _assert_exactly_one_prediction_of(version, per_task, task_ids)
     assert all(set(counts) == {version} for counts in per_task.values()), "provisional predictions replaced"
     assert status["last_error"] is None  # ("done" counts the last run: the /setup job or the import's)
@@ -172,14 +145,13 @@ def test_rq_worker_killed_halfway_resumes_without_duplicates_and_new_versions_re
             ).json()["model_version"]
             ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t in _texts(N_TASKS)])
 
-            halfway = _wait_for_status(
-                backend_url, project.id, lambda s: s.get("state") == "running" and s.get("done", 0) >= N_TASKS // 3,
+            halfway = wait_for(lambda: preannotation_status(backend_url, project.id), lambda s: s.get("state") == "running" and s.get("done", 0) >= N_TASKS // 3,
                 timeout=600, what="rq job a third done",
             )
             assert halfway["runner"] == "rq"
             kill_hard(worker)
             task_ids = [t.id for t in ls_client.tasks.list(project=project.id)]
-            per_task = _versions_per_task(ls_client, project.id)
+            per_task = versions_per_task(ls_client, project.id)
             written_before_kill = sum(c[version] for c in per_task.values())
             assert 0 < written_before_kill < N_TASKS
             assert all(c[version] <= 1 for c in per_task.values())
@@ -188,8 +160,8 @@ def test_rq_worker_killed_halfway_resumes_without_duplicates_and_new_versions_re
             worker = start_worker(env, tmp_path / "worker-2.log")
             response = requests.post(f"{backend_url}/preannotate", json={"project": project.id}, timeout=10)
             assert response.status_code == 202
-            _wait_for_status(backend_url, project.id, _finished(version), timeout=900, what="resumed job")
-            _assert_exactly_one_prediction_of(version, _versions_per_task(ls_client, project.id), task_ids)
+            wait_for(lambda: preannotation_status(backend_url, project.id), partial(is_finished, version=version), timeout=900, what="resumed job")
+            _assert_exactly_one_prediction_of(version, versions_per_task(ls_client, project.id), task_ids)
 
             # People label a few tasks; then a new model version appears (what a retrain publishes).
             labeled = task_ids[:3]
@@ -206,11 +178,11 @@ def test_rq_worker_killed_halfway_resumes_without_duplicates_and_new_versions_re
             ).json()["model_version"]
             assert new_version != version and new_version in result.stdout
 
-            _wait_for_status(backend_url, project.id, _finished(new_version), timeout=900, what="new version")
+            wait_for(lambda: preannotation_status(backend_url, project.id), partial(is_finished, version=new_version), timeout=900, what="new version")
     finally:
         kill_hard(worker)
 
-    per_task = _versions_per_task(ls_client, project.id)
+    per_task = versions_per_task(ls_client, project.id)
     unlabeled = [t for t in task_ids if t not in labeled]
     _assert_exactly_one_prediction_of(new_version, per_task, unlabeled)
     assert all(per_task[t][new_version] == 0 for t in labeled)
@@ -246,11 +218,11 @@ def test_retrieve_predictions_over_budget_stores_placeholders_that_the_job_repla
         ls_client.actions.create(
             id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []}
         )
-        per_task = _versions_per_task(ls_client, project.id)
+        per_task = versions_per_task(ls_client, project.id)
         # Label Studio stored what /predict answered: placeholders, not the current version.
         assert all(per_task.get(t, Counter())[version] == 0 for t in task_ids)
-        _wait_for_status(backend_url, project.id, _finished(version), timeout=600, what="overflow job")
+        wait_for(lambda: preannotation_status(backend_url, project.id), partial(is_finished, version=version), timeout=600, what="overflow job")
 
-    per_task = _versions_per_task(ls_client, project.id)
+    per_task = versions_per_task(ls_client, project.id)
     _assert_exactly_one_prediction_of(version, per_task, task_ids)
     assert not any(v.endswith("-pending") for counts in per_task.values() for v in counts), "placeholders deleted"

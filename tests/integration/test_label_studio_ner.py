@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from ml_backend.offsets import span_of_value
+from ml_backend.preannotate import is_stand_in_version
+from tests.integration.backend_status import versions_per_task, wait_for, wait_until_finished
 from tests.integration.conftest import require
 from tests.integration.ui import logged_in_page, require_chromium
 
@@ -32,6 +32,8 @@ def _predictions(ls_client, project_id: int) -> list:
 
 @pytest.fixture(scope="module")
 def ner_project(ls_client, backend_server):
+    """Connect, import, and also click *Retrieve Predictions* as a user might while the import's
+    background job runs; wait until the job is done and no stand-in (pending/provisional) remains."""
     project = ls_client.projects.create(title="ci ner emoji cjk", label_config=NER_CONFIG)
     ls_client.ml.create(url=backend_server, project=project.id, title="llm", is_interactive=False)
     ls_client.projects.import_tasks(id=project.id, request=[{"text": text} for text in TEXTS])
@@ -39,12 +41,14 @@ def ner_project(ls_client, backend_server):
     ls_client.actions.create(
         id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []}
     )
-    deadline = time.monotonic() + 300
-    predictions = _predictions(ls_client, project.id)
-    while len(predictions) < len(TEXTS) and time.monotonic() < deadline:
-        time.sleep(2)
-        predictions = _predictions(ls_client, project.id)
-    return project, tasks, predictions
+    wait_until_finished(backend_server, project.id, timeout=600, what="the NER project's pre-annotation job")
+    wait_for(
+        lambda: versions_per_task(ls_client, project.id),
+        lambda per_task: set(per_task) == set(tasks)
+        and not any(is_stand_in_version(v) for versions in per_task.values() for v in versions),
+        timeout=120, what="stand-in predictions replaced on every task",
+    )
+    return project, tasks, _predictions(ls_client, project.id)
 
 
 def test_ner_predictions_are_stored_for_every_task_with_exact_spans(ner_project):

@@ -14,6 +14,13 @@ import pytest
 import requests
 
 from ml_backend.model_store import project_key_of
+from tests.integration.backend_status import (
+    is_finished,
+    preannotation_status,
+    versions_per_task,
+    wait_for,
+    wait_until_finished,
+)
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 from tests.integration.services import backend_process
 
@@ -32,44 +39,13 @@ def _texts(n: int) -> list[str]:
     return [row["text"] for row in load_jsonl(shared_path("data", "sst2", "train.jsonl"), limit=n)]
 
 
-def _status(backend_url: str, project_id: int) -> dict:
-    return requests.get(f"{backend_url}/preannotate/status", params={"project": project_id}, timeout=10).json()
 
 
-def _wait(check, *, timeout: float, what: str, last=lambda: None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f} s; last: {last()}"
-        time.sleep(1)
-
-
-def _finished(backend_url: str, project_id: int, version: str | None = None):
-    def check():
-        status = _status(backend_url, project_id)
-        done = (
-            status.get("state") == "done"
-            and not status.get("queued_job")
-            and not status.get("running_job")
-            and (version is None or status.get("model_version") == version)
-        )
-        return status if done else None
-
-    return check
-
-
-def _versions(ls_client, project_id: int) -> dict[int, Counter]:
-    per_task: dict[int, Counter] = {}
-    for prediction in ls_client.predictions.list(project=project_id):
-        per_task.setdefault(prediction.task, Counter())[prediction.model_version] += 1
-    return per_task
 
 
 def _every_task_has_one(ls_client, project_id: int, version: str) -> bool:
     task_ids = [t.id for t in ls_client.tasks.list(project=project_id)]
-    per_task = _versions(ls_client, project_id)
+    per_task = versions_per_task(ls_client, project_id)
     return len(task_ids) == N_TASKS and all(per_task.get(t, Counter())[version] == 1 for t in task_ids)
 
 
@@ -102,8 +78,7 @@ def test_a_reused_project_number_starts_fresh_and_is_pre_annotated(ls_client, ba
     # The old project with the same number: a fully pre-annotated project's state, copied to this
     # project number under an older creation time (exactly what a reset leaves in MODEL_DIR).
     donor = _connected_project(ls_client, backend_url, "donor")
-    donor_version = _wait(_finished(backend_url, donor.id), timeout=900, what="donor pre-annotation",
-                          last=lambda: _status(backend_url, donor.id))["model_version"]
+    donor_version = wait_until_finished(backend_url, donor.id, timeout=900, what="donor pre-annotation")["model_version"]
     old_state = json.loads((store / f"project_{donor.id}" / key_ts(project_key(donor)) / "state.json").read_text())
     assert old_state["extra"]["preannotate_triggered_version"] == donor_version
     old_key = f"{project.id}.{int(project.created_at.timestamp()) - 86_400}"
@@ -114,8 +89,7 @@ def test_a_reused_project_number_starts_fresh_and_is_pre_annotated(ls_client, ba
     ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t in _texts(N_TASKS)])
     ls_client.ml.create(url=backend_url, project=project.id, title="llm", is_interactive=False)  # → /setup
 
-    status = _wait(_finished(backend_url, project.id), timeout=900, what="pre-annotation of the new project",
-                   last=lambda: _status(backend_url, project.id))
+    status = wait_until_finished(backend_url, project.id, timeout=900, what="pre-annotation of the new project")
     assert status["project"] == key
     assert _every_task_has_one(ls_client, project.id, status["model_version"])
     assert (store / f"project_{project.id}" / key_ts(key) / "state.json").is_file()
@@ -131,8 +105,7 @@ def test_config_saved_through_the_api_refreshes_predictions_without_a_setup(ls_c
     project (Label Studio's /setup would only come with a page load)."""
     backend_url, _, log_path = backend
     project = _connected_project(ls_client, backend_url, "config edit")
-    first = _wait(_finished(backend_url, project.id), timeout=900, what="first pre-annotation",
-                  last=lambda: _status(backend_url, project.id))
+    first = wait_until_finished(backend_url, project.id, timeout=900, what="first pre-annotation")
     runs_after_first = first["runs"]
 
     # Label Studio's page loads send /setup again and again: after the cold start none starts a job.
@@ -141,7 +114,7 @@ def test_config_saved_through_the_api_refreshes_predictions_without_a_setup(ls_c
         again = requests.post(f"{backend_url}/setup", json=body, timeout=10)
         assert again.status_code == 200 and again.json()["model_version"] == first["model_version"]
     time.sleep(2)
-    unchanged = _status(backend_url, project.id)
+    unchanged = preannotation_status(backend_url, project.id)
     assert unchanged["runs"] == runs_after_first and unchanged["state"] == "done"
     assert unchanged["last_write"]["model_version"] == first["model_version"]
 
@@ -150,11 +123,12 @@ def test_config_saved_through_the_api_refreshes_predictions_without_a_setup(ls_c
     assert new_config != SENTIMENT_EN
     ls_client.projects.update(id=project.id, label_config=new_config)  # → PROJECT_UPDATED webhook
 
-    _wait(lambda: "event=config_updated project=" + project_key(project) in log_path.read_text(errors="replace"),
-          timeout=30, what="PROJECT_UPDATED handled")
-    refreshed = _wait(
-        lambda: (s := _finished(backend_url, project.id)()) and s["model_version"] != first["model_version"] and s,
-        timeout=900, what="refresh after the config edit", last=lambda: _status(backend_url, project.id),
+    wait_for(lambda: log_path.read_text(errors="replace"), lambda log: "event=config_updated project=" + project_key(project) in log,
+             timeout=30, what="PROJECT_UPDATED handled")
+    refreshed = wait_for(
+        lambda: preannotation_status(backend_url, project.id),
+        lambda s: is_finished(s) and s["model_version"] != first["model_version"],
+        timeout=900, what="refresh after the config edit",
     )
     assert _every_task_has_one(ls_client, project.id, refreshed["model_version"])
     assert log_path.read_text(errors="replace").count(f"event=setup project={project.id}.") == setup_calls_before

@@ -11,8 +11,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import requests
 
+from tests.integration.backend_status import preannotation_status, versions_per_task
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 
 pytestmark = pytest.mark.integration
@@ -30,15 +30,6 @@ def _skewed_reviews() -> list[dict]:
     return [mixed[i] for i in np.random.default_rng(0).permutation(len(mixed))]
 
 
-def _status(backend_url: str, project_id: int) -> dict:
-    return requests.get(f"{backend_url}/preannotate/status", params={"project": project_id}, timeout=10).json()
-
-
-def _versions_per_task(ls_client, project_id: int) -> dict[int, Counter]:
-    per_task: dict[int, Counter] = {}
-    for prediction in ls_client.predictions.list(project=project_id):
-        per_task.setdefault(prediction.task, Counter())[prediction.model_version] += 1
-    return per_task
 
 
 def test_a_90_10_project_is_preannotated_about_90_10(ls_client, backend_server):
@@ -58,9 +49,9 @@ def test_a_90_10_project_is_preannotated_about_90_10(ls_client, backend_server):
     # tasks, then writes one prediction per task of the resulting version.
     deadline = time.monotonic() + 1500
     while True:
-        status = _status(backend_server, project.id)
+        status = preannotation_status(backend_server, project.id)
         version = status.get("model_version")
-        per_task = _versions_per_task(ls_client, project.id)
+        per_task = versions_per_task(ls_client, project.id)
         finished = status.get("state") == "done" and not status.get("queued_job") and not status.get("running_job")
         if finished and version and all(per_task.get(t, Counter())[version] >= 1 for t in gold):
             break

@@ -15,12 +15,12 @@ import json
 import os
 import re
 import time
-from collections import Counter
 
 import pytest
 import requests
 
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
+from tests.integration.backend_status import is_finished, preannotation_status, versions_per_task, wait_for
 from tests.integration.conftest import LS_TOKEN
 from tests.integration.ui import logged_in_page, require_chromium, shot
 
@@ -77,30 +77,8 @@ def _versions(backend_url: str, project_id: int) -> list[str]:
     return requests.get(f"{backend_url}/versions", params={"project": project_id}, timeout=10).json()["versions"]
 
 
-def _status(backend_url: str, project_id: int) -> dict:
-    return requests.get(f"{backend_url}/preannotate/status", params={"project": project_id}, timeout=10).json()
 
 
-def _wait(read, condition, *, timeout: float, what: str, interval: float = 1.0):
-    """Poll `read()` until `condition(value)`; fail naming the step and the last value seen."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while not condition(value):
-        assert time.monotonic() < deadline, f"stalled after {timeout:.0f} s: {what}; last seen {value!r}"
-        time.sleep(interval)
-        value = read()
-    return value
-
-
-def _finished(status: dict) -> bool:
-    return status.get("state") == "done" and not status.get("queued_job") and not status.get("running_job")
-
-
-def _versions_per_task(ls_client, project_id: int) -> dict[int, Counter]:
-    per_task: dict[int, Counter] = {}
-    for prediction in ls_client.predictions.list(project=project_id):
-        per_task.setdefault(prediction.task, Counter())[prediction.model_version] += 1
-    return per_task
 
 
 # --- UI steps ------------------------------------------------------------------------------
@@ -136,7 +114,7 @@ def test_extra_params_typed_in_the_edit_dialog_reach_the_backend(ls_client, labe
     _connect_through_api(ls_client, backend_server, project.id)
     # The first job (cold start included) changes the version once by itself: let it settle first,
     # so that only the instruction can change it below.
-    _wait(lambda: _status(backend_server, project.id), _finished, timeout=JOB_TIMEOUT_S,
+    wait_for(lambda: preannotation_status(backend_server, project.id), is_finished, timeout=JOB_TIMEOUT_S,
           what="the first pre-annotation job after connecting through the API")
     (v0,) = _versions(backend_server, project.id)
     assert _versions(backend_server, project.id) == [v0]
@@ -183,7 +161,7 @@ def test_unsupported_config_message_reaches_the_user(ls_client, label_studio, ba
     assert " or on a " not in reason, f"stripped-tag artefacts in {reason!r}"
     assert not _ml_connections(label_studio, project.id), "Label Studio must not keep a rejected connection"
 
-    status = _status(backend_server, project.id)
+    status = preannotation_status(backend_server, project.id)
     why = status.get("last_error") or ""
     assert re.search(r"(unsupported|rejected).*config|config.*(unsupported|rejected)", why, re.I), (
         f"the status does not say why the project was rejected: {status}"
@@ -201,11 +179,11 @@ def test_connecting_in_the_ui_preannotates_without_any_click(ls_client, label_st
 
     (connection,) = _ml_connections(label_studio, project.id)
     assert connection["url"] == backend_server and connection["state"] == "CO", connection
-    status = _wait(lambda: _status(backend_server, project.id), _finished, timeout=JOB_TIMEOUT_S,
+    status = wait_for(lambda: preannotation_status(backend_server, project.id), is_finished, timeout=JOB_TIMEOUT_S,
                    what="pre-annotation after connecting in the UI")
     assert status.get("last_error") is None, status
-    per_task = _wait(
-        lambda: _versions_per_task(ls_client, project.id), lambda p: all(p.get(t) for t in task_ids),
+    per_task = wait_for(
+        lambda: versions_per_task(ls_client, project.id), lambda p: all(p.get(t) for t in task_ids),
         timeout=60, what="a prediction on every task", interval=2,
     )
     assert all(status["model_version"] in per_task[t] for t in task_ids), (status, per_task)
@@ -226,7 +204,7 @@ def test_retrieve_predictions_during_the_cold_start_gives_one_prediction_per_tas
         page.get_by_role("button", name="Tasks Actions").filter(has_text=f"{RETRIEVE_TASKS} Tasks").wait_for()
 
         _connect_through_api(ls_client, backend_server, project.id)  # → /setup → background job
-        _wait(lambda: _status(backend_server, project.id),
+        wait_for(lambda: preannotation_status(backend_server, project.id),
               lambda s: s.get("state") == "running" and s.get("phase") == "cold_start",
               timeout=JOB_TIMEOUT_S, what="the background job's cold start to begin", interval=0.5)
 
@@ -236,9 +214,9 @@ def test_retrieve_predictions_during_the_cold_start_gives_one_prediction_per_tas
         shot(page, tmp_path, "retrieve_confirm")
         # Label Studio answers the action only after our /predict answered (up to its 100 s timeout).
         with page.expect_response(lambda r: "retrieve_tasks_predictions" in r.url, timeout=200_000) as answer:
-            phases["before"] = _status(backend_server, project.id)
+            phases["before"] = preannotation_status(backend_server, project.id)
             page.get_by_role("button", name="Confirm").click()  # the "OK" button (aria-label "Confirm")
-            phases["after"] = _status(backend_server, project.id)
+            phases["after"] = preannotation_status(backend_server, project.id)
         assert answer.value.ok, f"Retrieve Predictions failed: {answer.value.status} {answer.value.text()[:500]}"
         shot(page, tmp_path, "retrieve_done")
 
@@ -247,10 +225,10 @@ def test_retrieve_predictions_during_the_cold_start_gives_one_prediction_per_tas
             f"the click was not during the cold start ({when}: {status}); raise UI_RETRIEVE_TASKS"
         )
 
-    status = _wait(lambda: _status(backend_server, project.id), _finished, timeout=JOB_TIMEOUT_S,
+    status = wait_for(lambda: preannotation_status(backend_server, project.id), is_finished, timeout=JOB_TIMEOUT_S,
                    what="the background job to finish after Retrieve Predictions")
     final = status["model_version"]
-    per_task = _versions_per_task(ls_client, project.id)
+    per_task = versions_per_task(ls_client, project.id)
     missing = [t for t in task_ids if t not in per_task]
     several = {t: dict(c) for t, c in per_task.items() if sum(c.values()) > 1}
     pending = {t: dict(c) for t, c in per_task.items() if any(v.endswith("-pending") for v in c)}
