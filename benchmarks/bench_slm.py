@@ -1,0 +1,235 @@
+"""Does the SLM learn more from the LLM's labels than the LLM knows? Noisy-label learning, the blend
+and its calibrated score, with k = 0, 50, 200 gold labels standing in for annotators.
+
+    .venv/bin/python -m benchmarks.slm_data llm      # LLM label distributions, cached (slow, once)
+    .venv/bin/python -m benchmarks.slm_data embed    # encoder embeddings, cached (slow, once)
+    .venv/bin/python benchmarks/bench_slm.py [--train 1000] [--test 500] [--sizes sst2=400/200,...]
+        [--ks 0,50,200] [--seeds 0,1,2] [--encoder embeddinggemma]
+
+Per dataset the first --train train texts are the project's tasks (their gold labels are hidden
+except for the k "human-labeled" ones, drawn at random per seed), and the first --test test texts
+are scored. Rows, each on the same encoder (EmbeddingGemma-300M by default):
+
+(a) the LLM (cold start: label definitions, full label sequences, estimated-prior matching);
+(c) SLM trained naively on the LLM labels (human labels override, weighted up);
+(d) SLM on LLM labels minus cleanlab ``find_label_issues`` flags (out-of-fold, default settings);
+(e) our noisy-label SLM (GMM divide on out-of-fold losses + consistent pseudo-labels);
+(f) the served blend of (a) and (e), weights and calibrator fit on the k human labels (cross-fitted);
+gold: the SLM trained on every train text's gold label (the ceiling; independent of k).
+
+Metrics on test: accuracy, balanced accuracy, ECE and AUROC of the confidence (for (f): the
+calibrated score) vs correctness. "LLM label wrong" detection on the train tasks without a human
+label: precision/recall of (e)'s P(clean) < 0.5 vs cleanlab's flags. Seeds average k > 0 rows.
+Prints tables and writes benchmarks/results/slm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.common import print_table, write_results  # noqa: E402
+from benchmarks.slm_data import (  # noqa: E402
+    CONFIGS,
+    DEFAULT_CACHE,
+    LLMCache,
+    available_prefix,
+    llm_path,
+    load_llm,
+    load_llm_raw,
+    texts_and_gold,
+)
+from training.encoders import EmbeddingCache, embed_texts  # noqa: E402
+from training.blend import BlendOptions, LLMSLMBlend  # noqa: E402
+from training.evaluate import auroc, balanced_accuracy, expected_calibration_error  # noqa: E402
+from training.slm import SLMClassifier  # noqa: E402
+
+class CachedVectorsOnly:
+    """Stands in for an encoder whose vectors are all cached (bench_slm uses cached prefixes only)."""
+
+    def __init__(self, encoder_id: str, dim: int):
+        self.encoder_id, self.dim = encoder_id, dim
+
+    def encode(self, texts):
+        raise RuntimeError(f"{len(texts)} texts are not in the embedding cache; run benchmarks.slm_data embed")
+
+
+ROWS = ("(a) LLM", "(c) SLM naive", "(d) SLM cleanlab", "(e) SLM noisy", "(f) blend", "gold SLM")
+
+
+def quality(gold: np.ndarray, probabilities: np.ndarray, confidence: np.ndarray | None = None) -> dict:
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1) if confidence is None else confidence
+    correct = predicted == gold
+    return {"accuracy": float(correct.mean()), "balanced_accuracy": balanced_accuracy(gold, predicted),
+            "ece": expected_calibration_error(confidence, correct), "auroc": auroc(confidence, correct)}
+
+
+def detection(flagged: np.ndarray, wrong: np.ndarray) -> dict:
+    hits = int((flagged & wrong).sum())
+    return {"flagged": int(flagged.sum()), "precision": hits / max(1, int(flagged.sum())),
+            "recall": hits / max(1, int(wrong.sum()))}
+
+
+def run_dataset(dataset: str, args, encoder) -> tuple[list[dict], list[dict], dict]:
+    asked_train, asked_test = args.sizes.get(dataset, (args.train, args.test))
+    embeddings = EmbeddingCache(args.cache_dir / "embeddings")
+    llm_keys = set(LLMCache(llm_path(args.cache_dir, dataset)).rows)
+    if not args.encode_missing:  # use the texts both caches hold (a prefix of each split)
+        texts_all, _, _ = texts_and_gold(dataset, asked_train, asked_test)
+        from training.encoders import text_key
+
+        llm_keys &= {text_key(t) for t in texts_all if embeddings.contains(encoder.encoder_id, t)}
+    n_train, n_test = available_prefix(dataset, asked_train, asked_test, llm_keys)
+    texts, gold_names, label_names = texts_and_gold(dataset, n_train, n_test)
+    gold = np.array([label_names.index(g) for g in gold_names])
+    n = len(texts)
+    X = embed_texts(encoder, texts, embeddings).astype(np.float64)
+    llm = load_llm(args.cache_dir, dataset, texts)
+    raw, _ = load_llm_raw(args.cache_dir, dataset, texts)
+    train, test = np.arange(n_train), np.arange(n_train, n)
+    X_train, X_test, llm_train, llm_test = X[train], X[test], llm[train], llm[test]
+    gold_train, gold_test = gold[train], gold[test]
+    n_classes = len(label_names)
+    llm_train_wrong = llm_train.argmax(axis=1) != gold_train
+
+    ceiling = SLMClassifier(method="human", cross_fit=False).fit(X_train, None, gold_train, n_classes=n_classes)
+    fixed = {"(a) LLM": quality(gold_test, llm_test), "gold SLM": quality(gold_test, ceiling.predict_proba(X_test))}
+    raw_read_out = quality(gold_test, raw[test])
+    rows, detections = [], []
+    for k in [k for k in args.ks if k < n_train]:  # k must leave LLM-only tasks to learn from
+        seeds = [0] if k == 0 else args.seeds
+        per_seed: dict[str, list[dict]] = {name: [] for name in ROWS}
+        det: dict[str, list[dict]] = {"ours (e)": [], "cleanlab (d)": []}
+        fit_seconds = []
+        for seed in seeds:
+            human = np.full(n_train, -1)
+            if k:
+                chosen = np.random.default_rng(1000 + seed).choice(n_train, size=k, replace=False)
+                human[chosen] = gold_train[chosen]
+            models = {}
+            for name, method in (("(c) SLM naive", "naive"), ("(d) SLM cleanlab", "cleanlab"),
+                                 ("(e) SLM noisy", "noisy")):
+                started = time.perf_counter()
+                models[name] = SLMClassifier(method=method, seed=seed).fit(X_train, llm_train, human)
+                if method == "noisy":
+                    fit_seconds.append(time.perf_counter() - started)
+                per_seed[name].append(quality(gold_test, models[name].predict_proba(X_test)))
+            noisy = models["(e) SLM noisy"]
+            rows_h = np.flatnonzero(human >= 0)
+            blend = LLMSLMBlend(BlendOptions(seed=seed)).fit(llm_train[rows_h], noisy.oof_probabilities_[rows_h],
+                                                             gold_train[rows_h])
+            served = blend.predict(llm_test, noisy.predict_proba(X_test))
+            per_seed["(f) blend"].append({**quality(gold_test, served.probabilities, served.score),
+                                          "weights": list(blend.weights_), "calibration": blend.state()["calibration"],
+                                          "llm_wrong_auroc": auroc(served.llm_wrong_probability,
+                                                                   llm_test.argmax(1) != gold_test),
+                                          "disagreement_rate": float(served.disagreement.mean())})
+            per_seed["(a) LLM"].append(fixed["(a) LLM"])
+            per_seed["gold SLM"].append(fixed["gold SLM"])
+            unlabeled = human < 0
+            det["ours (e)"].append(detection((noisy.clean_probability_ < 0.5)[unlabeled], llm_train_wrong[unlabeled]))
+            cleanlab_model = models["(d) SLM cleanlab"]
+            cleanlab_implementation = cleanlab_model.cleanlab_implementation_
+            det["cleanlab (d)"].append(detection(cleanlab_model.label_issue_mask_[unlabeled],
+                                                 llm_train_wrong[unlabeled]))
+        for name in ROWS:
+            mean = {key: float(np.mean([r[key] for r in per_seed[name]]))
+                    for key in ("accuracy", "balanced_accuracy", "ece", "auroc")}
+            extra = {}
+            if name == "(f) blend":
+                extra = {"weights": "/".join(f"{np.mean([r['weights'][i] for r in per_seed[name]]):.2f}" for i in (0, 1)),
+                         "calibration": ",".join(sorted({r["calibration"] for r in per_seed[name]}))}
+            rows.append({"dataset": dataset, "k": k, "row": name, **mean, **extra})
+        for name, values in det.items():
+            detections.append({"dataset": dataset, "k": k, "detector": name,
+                               "flagged": float(np.mean([v["flagged"] for v in values])),
+                               "precision": float(np.mean([v["precision"] for v in values])),
+                               "recall": float(np.mean([v["recall"] for v in values]))})
+        rows[-2]["fit_s"] = float(np.mean(fit_seconds))  # on the (f) row: (e)'s fit time incl. cross-fitting
+    info = {"dataset": dataset, "n_train": n_train, "n_test": int(len(test)), "encoder_id": encoder.encoder_id,
+            "llm_train_accuracy": float((~llm_train_wrong).mean()), "raw_read_out": raw_read_out,
+            "cleanlab_implementation": cleanlab_implementation}
+    return rows, detections, info
+
+
+def goals(rows: list[dict]) -> list[dict]:
+    """The issue's goals per dataset, from the table rows."""
+    out = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        def get(k, name, key="accuracy"):
+            return next(r[key] for r in rows if r["dataset"] == dataset and r["k"] == k and r["row"] == name)
+
+        result = {"dataset": dataset}
+        for k, share in ((0, 0.5), (200, 0.75)):
+            if not any(r["k"] == k and r["dataset"] == dataset for r in rows):
+                continue
+            naive, ceiling, ours = get(k, "(c) SLM naive"), get(k, "gold SLM"), get(k, "(e) SLM noisy")
+            closed = (ours - naive) / (ceiling - naive) if ceiling > naive else float("nan")
+            result[f"gap_closed_k{k}"] = closed
+            result[f"gap_goal_k{k}_met"] = bool(closed >= share)
+            result[f"f_minus_a_bal_k{k}"] = get(k, "(f) blend", "balanced_accuracy") - get(k, "(a) LLM", "balanced_accuracy")
+        ks = sorted({r["k"] for r in rows if r["dataset"] == dataset})
+        result["e_beats_d_everywhere"] = all(get(k, "(e) SLM noisy") > get(k, "(d) SLM cleanlab") for k in ks)
+        result["f_best_everywhere"] = all(
+            get(k, "(f) blend") >= max(get(k, name) for name in ROWS if name not in ("(f) blend", "gold SLM"))
+            for k in ks)
+        if "f_minus_a_bal_k0" in result:
+            result["f_plus5_k0_met"] = bool(result["f_minus_a_bal_k0"] >= 0.05)
+        if "f_minus_a_bal_k200" in result:
+            result["f_plus10_k200_met"] = bool(result["f_minus_a_bal_k200"] >= 0.10)
+            result["f_ece_k200"] = get(200, "(f) blend", "ece")
+            result["f_ece_k200_met"] = bool(result["f_ece_k200"] <= 0.03)
+        out.append(result)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=1000)
+    parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--sizes", default="",
+                        help="per-dataset train/test sizes overriding --train/--test, e.g. sst2=400/200,ag_news=300/200")
+    parser.add_argument("--ks", default="0,50,200")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--datasets", default=",".join(CONFIGS))
+    parser.add_argument("--encoder", default="embeddinggemma")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--encode-missing", action="store_true",
+                        help="encode texts missing from the embedding cache (default: use the cached prefix)")
+    args = parser.parse_args()
+    args.ks = [int(k) for k in args.ks.split(",")]
+    args.sizes = {name: tuple(int(x) for x in size.split("/"))
+                  for name, size in (item.split("=") for item in args.sizes.split(",") if item)}
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    from training.encoders import embeddinggemma_encoder_id, load_encoder
+
+    if args.encode_missing or args.encoder != "embeddinggemma":
+        encoder = load_encoder(args.encoder)
+    else:  # every vector comes from the cache: no need to load the model
+        encoder = CachedVectorsOnly(embeddinggemma_encoder_id(), 768)
+    rows, detections, infos = [], [], []
+    for dataset in args.datasets.split(","):
+        dataset_rows, dataset_detections, info = run_dataset(dataset, args, encoder)
+        rows += dataset_rows
+        detections += dataset_detections
+        infos.append(info)
+        print_table(f"SLM on {dataset} ({info['n_train']} train tasks, LLM label accuracy "
+                    f"{info['llm_train_accuracy']:.3f}; {info['encoder_id']})", dataset_rows)
+        print_table(f"'LLM label wrong' detection on {dataset} (train tasks without a human label)",
+                    dataset_detections)
+    goal_rows = goals(rows)
+    print_table("Goals", goal_rows)
+    write_results("slm", {"ks": args.ks, "seeds": args.seeds, "encoder": args.encoder,
+                          "rows": rows, "detection": detections, "goals": goal_rows, "datasets": infos})
+
+
+if __name__ == "__main__":
+    main()

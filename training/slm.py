@@ -1,0 +1,279 @@
+"""The SLM: a linear head on frozen encoder embeddings, trained from LLM labels + human labels.
+
+:class:`SLMClassifier` follows scikit-learn's conventions (``__init__`` stores options, ``fit``
+returns ``self``, learned state in ``*_`` attributes, ``predict_proba``). Its learned state is a
+plain linear map (``coef_`` (n_classes, dim), ``intercept_`` (n_classes,)), so a saved model is
+two numpy arrays and a JSON manifest: no pickle is ever loaded.
+
+``method`` selects how LLM labels are used (the benchmark compares all four):
+
+* ``"noisy"`` (default): DivideMix-style divide + pseudo-label (:mod:`training.noisy_labels`).
+* ``"naive"``: every LLM label taken as true.
+* ``"cleanlab"``: LLM labels flagged by ``find_label_issues`` (out-of-fold) dropped.
+* ``"human"``: human labels only (the gold-label ceiling when every task is human-labeled).
+
+Human labels override LLM labels in every method and count ``human_weight`` times.
+
+Saving writes the model into a temporary directory beside the target and publishes it with
+``os.rename``; a crash at any point leaves the previous version (if any) complete and loadable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from training.noisy_labels import (
+    FittedHead,
+    NoisyLabelOptions,
+    find_label_issues,
+    fit_head,
+    learn_from_noisy_labels,
+    out_of_fold_probabilities,
+)
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "head.npz"
+MANIFEST_FILE = "manifest.json"
+METHODS = ("noisy", "naive", "cleanlab", "human")
+
+
+class ModelFormatError(RuntimeError):
+    """A saved SLM is incomplete, corrupt or of an unknown format."""
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def linear_form(head: FittedHead, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(coef (n_classes, dim), intercept (n_classes,)) whose softmax equals the head's predict_proba.
+
+    A binary sklearn head (one logit z) becomes the two logits (−z/2, z/2); unseen classes get a
+    −inf-like intercept (probability 0).
+    """
+    coef = np.zeros((head.n_classes, dim))
+    intercept = np.full(head.n_classes, -1e9)
+    if head.model is None:
+        intercept[int(head.classes[0])] = 0.0
+        return coef, intercept
+    model_coef, model_intercept = head.model.coef_, head.model.intercept_
+    classes = head.classes.astype(int)
+    if len(classes) == 2 and model_coef.shape[0] == 1:
+        coef[classes[0]], coef[classes[1]] = -model_coef[0] / 2, model_coef[0] / 2
+        intercept[classes[0]], intercept[classes[1]] = -model_intercept[0] / 2, model_intercept[0] / 2
+    else:
+        coef[classes], intercept[classes] = model_coef, model_intercept
+    return coef, intercept
+
+
+class SLMClassifier:
+    """Frozen-encoder SLM head; see the module docstring."""
+
+    def __init__(self, *, method: str = "noisy", options: NoisyLabelOptions = NoisyLabelOptions(),
+                 label_names: Sequence[str] | None = None, encoder_id: str | None = None,
+                 cross_fit: bool = True, seed: int = 0):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        self.method = method
+        self.options = options
+        self.label_names = list(label_names) if label_names is not None else None
+        self.encoder_id = encoder_id
+        self.cross_fit = cross_fit
+        self.seed = seed
+
+    # --- training ---------------------------------------------------------------------
+    def fit(self, X: np.ndarray, llm_probabilities: np.ndarray | None, human_labels: np.ndarray | None = None,
+            *, n_classes: int | None = None) -> "SLMClassifier":
+        """Learn the head.
+
+        X: (n, dim) embeddings. llm_probabilities: (n, n_classes) LLM label distributions (the
+        argmax is the LLM label) or None (method "human" only). human_labels: (n,) class indices,
+        -1 where a task has no human label.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        n = len(X)
+        if n_classes is None:
+            n_classes = (llm_probabilities.shape[1] if llm_probabilities is not None else len(self.label_names or []))
+        human = np.full(n, -1, dtype=int) if human_labels is None else np.asarray(human_labels, dtype=int)
+        has_human = human >= 0
+        if llm_probabilities is None:
+            if self.method != "human":
+                raise ValueError(f"method {self.method!r} needs llm_probabilities")
+            llm_labels = np.full(n, -1, dtype=int)
+        else:
+            llm_labels = np.asarray(llm_probabilities).argmax(axis=1)
+        merged = np.where(has_human, human, llm_labels)
+        weights = np.where(has_human, self.options.human_weight, 1.0)
+        o = self.options
+        self.clean_probability_ = np.where(has_human, 1.0, np.nan)
+        n_pseudo = 0
+        if self.method == "naive":
+            labels, label_weights = merged, weights
+        elif self.method == "human":
+            labels, label_weights = np.where(has_human, human, -1), weights
+        elif self.method == "cleanlab":
+            oof = out_of_fold_probabilities(X, merged, n_classes, sample_weight=weights, n_folds=o.n_folds, C=o.C,
+                                            seed=self.seed)
+            issues, self.cleanlab_implementation_ = find_label_issues(merged, oof)
+            issues &= ~has_human
+            self.label_issue_mask_ = issues
+            labels, label_weights = np.where(issues, -1, merged), weights
+            self.clean_probability_ = np.where(has_human, 1.0, (~issues).astype(float))
+        else:
+            result = learn_from_noisy_labels(X, llm_labels, human, n_classes, o, seed=self.seed,
+                                             llm_probabilities=llm_probabilities)
+            labels, label_weights = result.training_labels, result.training_weights
+            self.clean_probability_ = result.clean_probability
+            self.noisy_result_ = result
+            n_pseudo = int(result.pseudo_mask.sum())
+        used = labels >= 0
+        if not used.any():
+            raise ValueError("no labeled task to train on")
+        head = fit_head(X[used], labels[used], n_classes, sample_weight=label_weights[used], C=o.C, seed=self.seed)
+        self.coef_, self.intercept_ = linear_form(head, X.shape[1])
+        self.n_classes_ = n_classes
+        if self.cross_fit:
+            self.oof_probabilities_ = self._cross_fitted(X, labels, label_weights, n_classes)
+        self.counts_ = {
+            "tasks": int(n),
+            "human_labels": int(has_human.sum()),
+            "llm_labels": int((~has_human & (llm_labels >= 0)).sum()),
+            "training_labels": int(used.sum()),
+            "clean_llm_labels": int((used & ~has_human).sum()) - n_pseudo,
+            "pseudo_labels": n_pseudo,
+        }
+        self.metrics_ = self._human_metrics(human) if self.cross_fit else {}
+        return self
+
+    def _cross_fitted(self, X, labels, weights, n_classes) -> np.ndarray:
+        """Probabilities of every training task from a final head that did not see it (n, n_classes)."""
+        from training.noisy_labels import _folds
+
+        out = np.zeros((len(X), n_classes))
+        for train_rows, held_rows in _folds(np.where(labels >= 0, labels, 0), self.options.n_folds, self.seed):
+            rows = train_rows[labels[train_rows] >= 0]
+            if len(rows) == 0:
+                out[held_rows] = 1.0 / n_classes
+                continue
+            head = fit_head(X[rows], labels[rows], n_classes, sample_weight=weights[rows], C=self.options.C,
+                            seed=self.seed)
+            out[held_rows] = head.predict_proba(X[held_rows])
+        return out
+
+    def _human_metrics(self, human: np.ndarray) -> dict[str, float]:
+        from training.evaluate import accuracy, expected_calibration_error
+
+        rows = human >= 0
+        if not rows.any():
+            return {}
+        probabilities = self.oof_probabilities_[rows]
+        predicted = probabilities.argmax(axis=1)
+        return {
+            "cv_accuracy_human": accuracy(human[rows], predicted),
+            "cv_ece_human": expected_calibration_error(probabilities.max(axis=1), predicted == human[rows]),
+        }
+
+    # --- inference --------------------------------------------------------------------
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Shape (n, n_classes); rows sum to 1."""
+        return _softmax(np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.predict_proba(X).argmax(axis=1)
+
+    # --- persistence ------------------------------------------------------------------
+    def manifest(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        import sklearn
+
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": "slm-linear-head",
+            "method": self.method,
+            "encoder_id": self.encoder_id,
+            "label_names": self.label_names,
+            "n_classes": int(self.n_classes_),
+            "dim": int(self.coef_.shape[1]),
+            "seed": self.seed,
+            "options": asdict(self.options),
+            "counts": getattr(self, "counts_", {}),
+            "metrics": getattr(self, "metrics_", {}),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "dependencies": {"numpy": np.__version__, "scikit-learn": sklearn.__version__},
+            **(extra or {}),
+        }
+
+    def save(self, directory: Path, *, extra_manifest: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+        """Write ``head.npz`` + ``manifest.json`` (with the weights' SHA-256) to ``directory`` atomically.
+
+        Everything is written and fsynced in a temporary sibling directory, then renamed into
+        place. With ``overwrite`` an existing directory is swapped out by two renames and removed
+        only once the new one is in place; without it an existing directory is an error.
+        """
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        if directory.exists() and not overwrite:
+            raise FileExistsError(f"{directory} exists (pass overwrite=True to replace it)")
+        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
+        try:
+            weights_path = staging / WEIGHTS_FILE
+            with open(weights_path, "wb") as handle:
+                np.savez(handle, coef=self.coef_, intercept=self.intercept_)
+                handle.flush()
+                os.fsync(handle.fileno())
+            manifest = self.manifest(extra_manifest)
+            manifest["checksums"] = {WEIGHTS_FILE: _sha256(weights_path)}
+            with open(staging / MANIFEST_FILE, "w", encoding="utf-8") as handle:
+                json.dump(manifest, handle, indent=2, ensure_ascii=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if directory.exists():
+                retired = directory.parent / f".old-{directory.name}-{os.getpid()}-{time.time_ns()}"
+                os.rename(directory, retired)
+                os.rename(staging, directory)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.rename(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> "SLMClassifier":
+        """Load a saved model, verifying the manifest's checksum of the weights."""
+        directory = Path(directory)
+        try:
+            manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ModelFormatError(f"{directory}: unreadable manifest ({error})") from error
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelFormatError(f"{directory}: unknown format {manifest.get('format_version')!r}")
+        weights_path = directory / WEIGHTS_FILE
+        expected = manifest.get("checksums", {}).get(WEIGHTS_FILE)
+        if not weights_path.is_file() or _sha256(weights_path) != expected:
+            raise ModelFormatError(f"{directory}: {WEIGHTS_FILE} is missing or does not match its checksum")
+        options = NoisyLabelOptions(**manifest.get("options", {}))
+        model = cls(method=manifest["method"], options=options, label_names=manifest.get("label_names"),
+                    encoder_id=manifest.get("encoder_id"), seed=manifest.get("seed", 0))
+        with np.load(weights_path, allow_pickle=False) as weights:
+            model.coef_, model.intercept_ = weights["coef"], weights["intercept"]
+        model.n_classes_ = int(manifest["n_classes"])
+        model.counts_, model.metrics_ = manifest.get("counts", {}), manifest.get("metrics", {})
+        model.manifest_ = manifest
+        return model
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
