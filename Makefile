@@ -8,7 +8,7 @@ LS_VENV := .venv-ls
 PORT ?= 9090
 LABEL_STUDIO_VERSION := 1.23.2
 
-.PHONY: run worker test unit bench install install-dev label-studio encoders clean
+.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ worker: install
 # Unit tests only: seconds, no model, no services.
 unit: install-dev
 	$(VENV)/bin/python -m pytest tests/unit -q
+
+# The import contract alone (also the first step of `make test`).
+lint-imports: install-dev
+	$(VENV)/bin/lint-imports --config .importlinter
 
 test: install-dev label-studio encoders
 	bash scripts/run_tests.sh

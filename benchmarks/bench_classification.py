@@ -21,14 +21,20 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import DATASETS, demonstrations, load_split, print_table, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DATASETS,
+    demonstrations,
+    load_split,
+    print_table,
+    write_results,
+)
 from ml_backend.config import Settings  # noqa: E402
 from ml_backend.label_config import parse_label_config  # noqa: E402
 from ml_backend.llm.default_model import ensure_default_model  # noqa: E402
 from ml_backend.llm.llama_cpp_runtime import LlamaCppRuntime  # noqa: E402
+from ml_backend.metrics import label_quality  # noqa: E402
 from ml_backend.predictor import LabelScorer, PredictionOptions  # noqa: E402
 from ml_backend.scoring import label_probabilities  # noqa: E402
-from training.evaluate import label_quality  # noqa: E402
 
 
 def peak_rss_gb() -> float:

@@ -7,7 +7,7 @@ demonstrations → label definitions → the prompt chosen on 50 labeled dev tas
 For each dataset the project's "unlabeled tasks" are the test texts: the label-free steps (bias
 estimates, demonstration choice) read them without their labels, as the service does with a
 project's tasks. Demonstration tasks are excluded from the scores of the rows that use them.
-(e) picks among `training.prompt_selection.DEFAULT_VARIANTS` by log-loss on 50 labeled train
+(e) picks among `ml_backend.prompt_variants.DEFAULT_VARIANTS` by log-loss on 50 labeled train
 tasks (disjoint from the test tasks) and reports that variant's test scores. "prior matching" in
 the steps is the service default (estimated prior); (d'') is the old uniform prior matching.
 
@@ -43,18 +43,24 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.common import DATASETS, RESULTS_DIR, load_split, print_table, write_results  # noqa: E402
-from ml_backend import calibration  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DATASETS,
+    RESULTS_DIR,
+    load_split,
+    print_table,
+    write_results,
+)
+from ml_backend import bias_correction  # noqa: E402
 from ml_backend.config import Settings  # noqa: E402
+from ml_backend.demos import select_self_labeled_demos  # noqa: E402
 from ml_backend.label_config import Target, parse_label_config  # noqa: E402
 from ml_backend.llm.default_model import ensure_default_model  # noqa: E402
 from ml_backend.llm.llama_cpp_runtime import LlamaCppRuntime  # noqa: E402
 from ml_backend.llm.prompts import Demonstration  # noqa: E402
+from ml_backend.metrics import balanced_accuracy, label_quality  # noqa: E402
 from ml_backend.predictor import LabelScorer, PredictionOptions  # noqa: E402
+from ml_backend.prompt_variants import DEFAULT_VARIANTS, PromptVariant, choose_variant  # noqa: E402
 from ml_backend.scoring import label_probabilities  # noqa: E402
-from training.demos import select_self_labeled_demos  # noqa: E402
-from training.evaluate import balanced_accuracy, label_quality  # noqa: E402
-from training.prompt_selection import DEFAULT_VARIANTS, PromptVariant, choose_variant  # noqa: E402
 
 
 def without_hints(target: Target) -> Target:
@@ -111,9 +117,9 @@ class PromptPass:
         continuations = full.continuations(target, prompt) + first.continuations(target, prompt)
         n_labels = len(target.options)
         tokens = [full.task_tokens(t) for t in texts]
-        content_free = [runtime.tokenize(t, special=False) for t in calibration.CONTENT_FREE_INPUTS]
+        content_free = [runtime.tokenize(t, special=False) for t in bias_correction.CONTENT_FREE_INPUTS]
         rows = np.arange(len(texts)) if anchor_rows is None else anchor_rows
-        domain_context = calibration.domain_context_inputs([tokens[i] for i in rows])
+        domain_context = bias_correction.domain_context_inputs([tokens[i] for i in rows])
         started = time.perf_counter()
         n_cached = sum(ScoreCache._key(prefix, continuations, t) in cache.rows for t in tokens)
         logprobs = cache.score(runtime, prefix, tokens, continuations)
@@ -136,11 +142,11 @@ class PromptPass:
     def probabilities(self, mode: str, bias_calibration: str, unlabeled_rows: np.ndarray) -> np.ndarray:
         raw = self.raw[mode]
         if bias_calibration == "content_free":
-            return calibration.contextual_calibration(raw, self.content_free[mode])
+            return bias_correction.contextual_calibration(raw, self.content_free[mode])
         if bias_calibration == "prior_matching":  # the service default: estimated prior
-            return calibration.prior_matching(raw, raw[unlabeled_rows], anchor_probabilities=self.anchor(mode))
+            return bias_correction.prior_matching(raw, raw[unlabeled_rows], anchor_probabilities=self.anchor(mode))
         if bias_calibration == "uniform_prior_matching":  # the old default
-            return calibration.prior_matching(raw, raw[unlabeled_rows])
+            return bias_correction.prior_matching(raw, raw[unlabeled_rows])
         return raw
 
 

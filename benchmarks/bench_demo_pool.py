@@ -25,19 +25,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.common import DATASETS, load_split, print_table, write_results  # noqa: E402
-from ml_backend.cold_start import cold_start_of, cold_start_targets, demonstration_pool_size, learn_target  # noqa: E402
+from ml_backend.cold_start import (  # noqa: E402
+    cold_start_of,
+    cold_start_targets,
+    demonstration_pool_size,
+    learn_target,
+)
+from ml_backend.config import Settings  # noqa: E402
 from ml_backend.label_config import parse_label_config  # noqa: E402
 from ml_backend.llm.default_model import ensure_default_model  # noqa: E402
 from ml_backend.llm.llama_cpp_runtime import LlamaCppRuntime  # noqa: E402
 from ml_backend.model_store import ProjectState  # noqa: E402
 from ml_backend.predictor import LabelScorer, PredictionOptions  # noqa: E402
-from ml_backend.config import Settings  # noqa: E402
 
 N_DEMONSTRATIONS = 8
 
 
 def evaluate(scorer: LabelScorer, target, texts: list[str], gold: np.ndarray, learned: dict) -> dict:
-    state = ProjectState(project_id="bench", extra={"cold_start": {"basis": None, "targets": {target.from_name: learned}}})
+    state = ProjectState(project_id="bench", cold_start={"basis": None, "targets": {target.from_name: learned}})
     cold = cold_start_of(state)[target.from_name]
     demo_texts = {d.text for d in cold.demonstrations}
     keep = np.array([text not in demo_texts for text in texts])

@@ -30,11 +30,11 @@ from benchmarks.common import load_split, print_table, write_results  # noqa: E4
 from ml_backend.label_config import parse_label_config  # noqa: E402
 from ml_backend.llm.default_model import ensure_default_model  # noqa: E402
 from ml_backend.llm.llama_cpp_runtime import LlamaCppRuntime  # noqa: E402
+from ml_backend.metrics import auroc, ner_scores  # noqa: E402
 from ml_backend.ner.alignment import align_proposals, first_occurrence_spans  # noqa: E402
 from ml_backend.ner.extractor import NerExtractor, decide  # noqa: E402
 from ml_backend.ner.prompts import demonstrations_from_rows  # noqa: E402
 from ml_backend.predictor import LabelScorer, PredictionOptions  # noqa: E402
-from training.evaluate import auroc, ner_scores  # noqa: E402
 
 NER_DATASETS = [("conll2003", "ner_en.xml"), ("cluener", "ner_zh.xml")]
 

@@ -46,10 +46,11 @@ from benchmarks.slm_data import (  # noqa: E402
     load_llm_raw,
     texts_and_gold,
 )
-from training.encoders import EmbeddingCache, embed_texts  # noqa: E402
+from ml_backend.metrics import auroc, balanced_accuracy, expected_calibration_error  # noqa: E402
 from training.blend import BlendOptions, LLMSLMBlend  # noqa: E402
-from training.evaluate import auroc, balanced_accuracy, expected_calibration_error  # noqa: E402
+from training.encoders import EmbeddingCache, embed_texts  # noqa: E402
 from training.slm import SLMClassifier  # noqa: E402
+
 
 class CachedVectorsOnly:
     """Stands in for an encoder whose vectors are all cached (bench_slm uses cached prefixes only)."""

@@ -10,7 +10,7 @@ early leaves a usable prefix of every dataset; bench_slm.py uses the largest cac
 
 "LLM labels" are this project's cold start without demonstrations: the default model, the
 shipped labeling config with its label definitions, full label sequences, and estimated-prior
-matching anchored on content-free + domain-context inputs (``calibration.prior_matching``),
+matching anchored on content-free + domain-context inputs (``bias_correction.prior_matching``),
 the prior estimated on all the texts (train + test) as the service does on a project's tasks.
 """
 
@@ -89,7 +89,7 @@ class LLMCache:
 def llm_stage(datasets: list[str], n_train: int, n_test: int, cache_dir: Path, threads: int,
               max_text_tokens: int = 256, chunk: int = 25) -> None:
     """Score every dataset round-robin, ``chunk`` texts at a time, resuming from the cache."""
-    from ml_backend import calibration
+    from ml_backend import bias_correction
     from ml_backend.config import Settings
     from ml_backend.label_config import parse_label_config
     from ml_backend.llm.default_model import ensure_default_model
@@ -105,10 +105,9 @@ def llm_stage(datasets: list[str], n_train: int, n_test: int, cache_dir: Path, t
         cache = LLMCache(llm_path(cache_dir, dataset))
         order = scoring_order(dataset, n_train, n_test)
         if cache.anchors is None:
-            tokens = [scorer.task_tokens(t) for t in order]
-            anchor_tokens = [runtime.tokenize(t, special=False) for t in calibration.CONTENT_FREE_INPUTS]
-            anchor_tokens += calibration.domain_context_inputs(tokens)
-            cache.anchors = scorer.raw_probabilities(target, anchor_tokens)
+            texts = [scorer.task_text(t) for t in order]
+            anchors = list(bias_correction.CONTENT_FREE_INPUTS) + scorer.provider.domain_context_inputs(texts)
+            cache.anchors = scorer.raw_probabilities(target, anchors)
             cache.save()
         todo = [t for t in order if text_key(t) not in cache.rows]
         state[dataset] = (target, cache, todo)
@@ -119,7 +118,7 @@ def llm_stage(datasets: list[str], n_train: int, n_test: int, cache_dir: Path, t
             batch, todo[:] = todo[:chunk], todo[chunk:]
             if not batch:
                 continue
-            raw = scorer.raw_probabilities(target, [scorer.task_tokens(t) for t in batch])
+            raw = scorer.raw_probabilities(target, [scorer.task_text(t) for t in batch])
             for text, row in zip(batch, raw):
                 cache.rows[text_key(text)] = row
             cache.save()
@@ -154,10 +153,10 @@ def load_llm_raw(cache_dir: Path, dataset: str, texts: list[str]) -> tuple[np.nd
 def load_llm(cache_dir: Path, dataset: str, texts: list[str]) -> np.ndarray:
     """Prior-matched LLM distributions for ``texts``; the prior is estimated on these same texts
     (the project's tasks), as the service does."""
-    from ml_backend import calibration
+    from ml_backend import bias_correction
 
     raw, anchors = load_llm_raw(cache_dir, dataset, texts)
-    return calibration.prior_matching(raw, raw, anchor_probabilities=anchors)
+    return bias_correction.prior_matching(raw, raw, anchor_probabilities=anchors)
 
 
 def embed_stage(datasets: list[str], n_train: int, n_test: int, cache_dir: Path, encoder_name: str) -> None:

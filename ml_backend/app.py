@@ -14,8 +14,7 @@ from ml_backend.api import bp
 from ml_backend.config import Settings
 from ml_backend.errors import BackendError, Unauthorized
 from ml_backend.llm.base import LLMRuntime
-from ml_backend.model import LLMBackend
-from ml_backend.model_store import ModelStore
+from ml_backend.wiring import ClientFactory, Services, build_services
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +33,22 @@ def create_app(
     settings: Settings | None = None,
     *,
     runtime_loader: Callable[[], LLMRuntime] | None = None,
-    backend: LLMBackend | None = None,
+    services: Services | None = None,
+    client_factory: ClientFactory | None = None,
 ) -> Flask:
-    """Build the service. `runtime_loader` lets tests inject a small model; default loads from settings."""
-    settings = settings or Settings()
+    """Build the web app on the process's services (`ml_backend.wiring`). `runtime_loader` lets
+    tests inject a small model, `client_factory` an in-memory Label Studio."""
+    settings = settings or (services.settings if services is not None else Settings())
     configure_logging(settings.log_level)
-    if backend is None:
-        if runtime_loader is None:
-            from ml_backend.llm import load_runtime
-
-            def runtime_loader() -> LLMRuntime:
-                return load_runtime(settings)
-
-        backend = LLMBackend(settings, runtime_loader, ModelStore(settings.model_dir))
-    if backend.bulk is None:
-        backend.bulk = _bulk_preannotation(settings, backend)
+    if services is None:
+        services = build_services(settings, runtime_loader=runtime_loader, client_factory=client_factory)
+    log.info("event=job_runner kind=%s queue=%s", services.runner.kind, settings.rq_queue if settings.redis_url else "-")
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.ensure_ascii = False
-    app.extensions["llm_backend"] = backend
+    app.extensions["llm_backend"] = services.service
+    app.extensions["services"] = services
     app.extensions["settings"] = settings
     app.register_blueprint(bp)
     _register_auth(app, settings)
@@ -61,17 +56,9 @@ def create_app(
     return app
 
 
-def _bulk_preannotation(settings: Settings, backend: LLMBackend):
-    """Background pre-annotation sharing this process's backend (one model per process)."""
-    from ml_backend.jobs import JobContext, make_runner
-    from ml_backend.kv import kv_from_settings
-    from ml_backend.preannotate import BulkPreannotation
-
-    kv = kv_from_settings(settings)
-    context = JobContext(settings=settings, kv=kv, backend=backend)
-    context.runner = make_runner(settings, kv, context)
-    log.info("event=job_runner kind=%s queue=%s", context.runner.kind, settings.rq_queue if settings.redis_url else "-")
-    return BulkPreannotation(context)
+def services_of(app: Flask) -> Services:
+    """The services an app was built on (tests and the CLI use this, not app.extensions)."""
+    return app.extensions["services"]
 
 
 def _register_auth(app: Flask, settings: Settings) -> None:

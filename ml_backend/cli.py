@@ -7,7 +7,8 @@
     python -m ml_backend.cli choose-prompt --project 3 --gold dev.jsonl
     python -m ml_backend.cli worker [--burst]
 
-Settings come from the environment, as for the server (REDIS_URL, MODEL_DIR, LABEL_STUDIO_URL, ...).
+Settings come from the environment, as for the server (REDIS_URL, MODEL_DIR, LABEL_STUDIO_URL, ...):
+`main()` builds them once and hands them to the command.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import sys
 import time
 
-from ml_backend.config import Settings
+from ml_backend.config import Settings, SettingsError, load_settings
 
 DESCRIPTION = """Background pre-annotation for the Label Studio LLM backend.
 
@@ -55,15 +56,21 @@ def _require_project(settings: Settings, project: str) -> str:
     return key
 
 
-def cmd_preannotate(args: argparse.Namespace) -> int:
+def _services(settings: Settings, *, preannotation: bool = True):
+    """This command's services, from the composition root (the model loads only if a command scores)."""
+    from ml_backend.wiring import build_services
+
+    return build_services(settings, preannotation=preannotation)
+
+
+def cmd_preannotate(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from ml_backend.jobs import get_context, new_job_id, run_job
-    from ml_backend.preannotate import JOB, _request_key, coalesce_key, trigger
+    from ml_backend.jobs import new_job_id, run_job
+    from ml_backend.preannotate import JOB, coalesce_key, request_key, trigger
 
-    settings = Settings()
     project = _require_project(settings, str(args.project))
-    context = get_context(settings)
+    context = _services(settings)
     task_ids = _task_ids(args.tasks)
 
     if settings.redis_url and not args.here:
@@ -72,7 +79,7 @@ def cmd_preannotate(args: argparse.Namespace) -> int:
         return _watch(context, project) if args.wait else 0
 
     # In this process: record the request, then run the job here (still coalesced through the lease).
-    context.kv.sadd(_request_key(project), ["*"] if task_ids is None else [str(t) for t in task_ids])
+    context.kv.sadd(request_key(project), ["*"] if task_ids is None else [str(t) for t in task_ids])
     bar = tqdm(total=0, unit="task", desc=f"project {project}", dynamic_ncols=True)
 
     def on_progress(done: int, total: int) -> None:
@@ -117,46 +124,36 @@ def _watch(context, project: str) -> int:
         bar.close()
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from ml_backend.jobs import get_context
-    from ml_backend.preannotate import BulkPreannotation
-
-    settings = Settings()
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.redis_url:
         raise SystemExit("status needs REDIS_URL (without Redis, progress lives in the server: GET /preannotate/status)")
-    bulk = BulkPreannotation(get_context(settings))
-    payload = bulk.status(bulk.context.backend.store.resolve(str(args.project))) if args.project else {
+    services = _services(settings)
+    bulk = services.bulk
+    payload = bulk.status(services.store.resolve(str(args.project))) if args.project else {
         "projects": bulk.all_status()
     }
     print(json.dumps(payload, indent=2))
     return 0
 
 
-def cmd_new_version(args: argparse.Namespace) -> int:
-    from ml_backend.jobs import get_context
-    from ml_backend.preannotate import publish_new_version
-
-    settings = Settings()
+def cmd_new_version(args: argparse.Namespace, settings: Settings) -> int:
     project = _require_project(settings, str(args.project))
     if not settings.redis_url:
         print("note: without REDIS_URL the job runs in the server only after its next /setup", file=sys.stderr)
-    version = publish_new_version(project, context=get_context(settings))
+    version = _services(settings).publisher.publish_new_version(project)
     print(f"project {args.project}: new model version {version}; pre-annotation queued")
     return 0
 
 
-def cmd_cold_start(args: argparse.Namespace) -> int:
-    from ml_backend.jobs import get_context
-    from ml_backend.ls_client import ProjectClient
+def cmd_cold_start(args: argparse.Namespace, settings: Settings) -> int:
     from ml_backend.preannotate import trigger
 
-    settings = Settings()
     project = _require_project(settings, str(args.project))
-    context = get_context(settings)
-    state = context.backend.store.load(project)
-    tasks = [task.as_task() for task in ProjectClient.for_project(settings, state).tasks()]
+    context = _services(settings)
+    state = context.store.load(project)
+    tasks = [task.as_task() for task in context.label_studio(state).tasks()]
     print(f"project {project}: learning from up to {settings.cold_start_tasks} of {len(tasks)} tasks ...", file=sys.stderr)
-    version = context.backend.prepare_cold_start(project, tasks)
+    version = context.round_one.run(project, tasks)
     print(f"project {project}: new model version {version}")
     if settings.redis_url:
         trigger(context, project, None, reason="cold_start")
@@ -196,16 +193,15 @@ def read_gold(path: str, text_field: str, label_field: str) -> tuple[list[str], 
     return texts, labels
 
 
-def cmd_choose_prompt(args: argparse.Namespace) -> int:
+def cmd_choose_prompt(args: argparse.Namespace, settings: Settings) -> int:
     from ml_backend.errors import BadRequest
-    from ml_backend.jobs import get_context
 
-    settings = Settings()
     project = _require_project(settings, str(args.project))
     texts, labels = read_gold(args.gold, args.text_field, args.label_field)
-    context = get_context(settings)
     try:
-        report = context.backend.choose_prompt(project, texts, labels, target_name=args.target)
+        report = _services(settings, preannotation=False).prompt_tuning.choose(
+            project, texts, labels, target_name=args.target
+        )
     except BadRequest as exc:
         raise SystemExit(f"{exc.message} {exc.hint or ''}".strip()) from None
     width = max(len(name) for name in report["log_loss"])
@@ -216,17 +212,19 @@ def cmd_choose_prompt(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     import redis
     from rq import Queue
     from rq.worker import SimpleWorker
 
     from ml_backend.app import configure_logging
 
-    settings = Settings()
     if not settings.redis_url:
         raise SystemExit("worker needs REDIS_URL")
     configure_logging(settings.log_level)
+    from ml_backend.wiring import worker_services
+
+    worker_services(settings)  # the jobs of this worker run with these settings (model loads on the first)
     connection = redis.Redis.from_url(settings.redis_url)
     # SimpleWorker runs jobs in this process, so the model loads once and serves every job;
     # the scheduler runs the delayed retries.
@@ -291,7 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        settings = load_settings()  # the one Settings of this process, handed to the command
+    except SettingsError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return args.func(args, settings)
 
 
 if __name__ == "__main__":

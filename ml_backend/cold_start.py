@@ -3,12 +3,12 @@
 Why: a small model's zero-shot read-out leans toward some labels and knows nothing of the
 project's texts. Before anyone labels, the project's own (unlabeled) tasks are all we have:
 score a sample zero-shot, keep diverse confident ones as in-context demonstrations (CORAL's
-round one, `training.demos`), then, under the final prompt, estimate the model's own label bias
+round one, `ml_backend.demos`), then, under the final prompt, estimate the model's own label bias
 (anchor inputs that carry no label evidence) and the project's label prior (EM on the tasks),
 so BIAS_CALIBRATION=prior_matching divides the one out and puts the other back
-(`calibration.estimated_prior_bias`): a 90/10 project is predicted about 90/10, not 50/50.
+(`bias_correction.estimated_prior_bias`): a 90/10 project is predicted about 90/10, not 50/50.
 
-What is learned is stored in the project's state under COLD_START_KEY together with the
+What is learned is stored in the project's state (`ProjectState.cold_start`) together with the
 *basis* it was learned for (config, instruction, demonstration count): a changed config makes
 it stale, so it is ignored by predictions and learned again by the next pre-annotation job.
 """
@@ -19,7 +19,7 @@ import hashlib
 import logging
 from typing import Any, Callable, Sequence
 
-from ml_backend import calibration
+from ml_backend import bias_correction
 from ml_backend.label_config import LabelSpec, Target
 from ml_backend.llm.prompts import Demonstration
 from ml_backend.model_store import ProjectState
@@ -27,7 +27,6 @@ from ml_backend.predictor import ColdStart, LabelScorer, html_to_text, task_text
 
 log = logging.getLogger(__name__)
 
-COLD_START_KEY = "cold_start"
 DEMO_POOL_MIN = 64  # the zero-shot pass reads at least this many texts to choose demonstrations from
 DEMO_POOL_PER_DEMONSTRATION = 8  # ... and 8 candidates per demonstration asked for
 
@@ -84,27 +83,27 @@ def learn_target(
     `progress(stage, done, total)` is called as tasks are scored in each of the two passes;
     `pool_size` overrides `demonstration_pool_size` (benchmarks compare the two).
     """
-    from training.demos import select_self_labeled_demos
+    from ml_backend.demos import select_self_labeled_demos
 
-    tokens = [scorer.task_tokens(text) for text in texts]
+    inputs = [scorer.task_text(text) for text in texts]
     demos: tuple[Demonstration, ...] = ()
     if n_demonstrations > 0:
         pool = min(len(texts), pool_size) if pool_size else demonstration_pool_size(len(texts), n_demonstrations)
         raw_pool = scorer.raw_probabilities(
-            target, tokens[:pool], progress=_counter(progress, f"{target.from_name}: choosing demonstrations", pool)
+            target, inputs[:pool], progress=_counter(progress, f"{target.from_name}: choosing demonstrations", pool)
         )
         chosen = select_self_labeled_demos(texts[:pool], scorer.correct(target, raw_pool), k=n_demonstrations)
         demos = tuple(
             Demonstration(text=texts[c.index], labels=(target.options[c.label].prompt_name,)) for c in chosen
         )
     raw = scorer.raw_probabilities(
-        target, tokens, demonstrations=demos,
-        progress=_counter(progress, f"{target.from_name}: label bias with the final prompt", len(tokens)),
+        target, inputs, demonstrations=demos,
+        progress=_counter(progress, f"{target.from_name}: label bias with the final prompt", len(inputs)),
     )
-    anchor = scorer.raw_probabilities(target, anchor_token_lists(scorer, tokens), demonstrations=demos)
-    model_bias = calibration.anchor_bias(anchor)
-    prior = calibration.estimate_label_prior(raw, model_bias)
-    label_bias = calibration.estimated_prior_bias(raw, anchor)
+    anchor = scorer.raw_probabilities(target, anchor_inputs(scorer, inputs), demonstrations=demos)
+    model_bias = bias_correction.anchor_bias(anchor)
+    prior = bias_correction.estimate_label_prior(raw, model_bias)
+    label_bias = bias_correction.estimated_prior_bias(raw, anchor)
     log.info(
         "event=label_prior target=%s tasks=%d prior=%s model_bias=%s",
         target.from_name,
@@ -135,21 +134,20 @@ def _counter(progress: StageProgress | None, stage: str, total: int) -> Callable
     return advance
 
 
-def anchor_token_lists(scorer: LabelScorer, task_tokens: list[list[int]]) -> list[list[int]]:
+def anchor_inputs(scorer: LabelScorer, task_texts: list[str]) -> list[str]:
     """Inputs without label evidence whose mean prediction is the model's own label bias:
     the fixed content-free strings ("N/A", ...) and random bags of the project's tokens."""
-    content_free = [scorer.runtime.tokenize(text, special=False) for text in calibration.CONTENT_FREE_INPUTS]
-    return content_free + calibration.domain_context_inputs(task_tokens)
+    return list(bias_correction.CONTENT_FREE_INPUTS) + scorer.provider.domain_context_inputs(task_texts)
 
 
 def stored_basis(state: ProjectState) -> str | None:
-    return state.extra.get(COLD_START_KEY, {}).get("basis")
+    return (state.cold_start or {}).get("basis")
 
 
 def cold_start_of(state: ProjectState, basis: str | None = None) -> dict[str, ColdStart]:
     """The stored cold-start results per target (from_name); {} when they were learned for
     another basis (config or instruction changed since) or never."""
-    stored = state.extra.get(COLD_START_KEY, {})
+    stored = state.cold_start or {}
     if basis is not None and stored.get("basis") != basis:
         return {}
     learned = {}

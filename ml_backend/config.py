@@ -7,18 +7,39 @@ can be configured; the README's settings table mirrors this class.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "default"  # the Qwen2.5-Coder-0.5B-Instruct GGUF shipped in PyPI wheels
 
 
+class SettingsError(ValueError):
+    """Invalid configuration; the message names each wrong environment variable and why."""
+
+
 class Settings(BaseSettings):
-    """Service configuration (env vars are the upper-case field names)."""
+    """Service configuration (env vars are the upper-case field names).
+
+    Build it with `load_settings()` at a process entry point: its error names the environment
+    variables (`WORKERS`, not `workers`) that are wrong.
+    """
 
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- HTTP server (gunicorn, ml_backend/gunicorn_conf.py) ----------------------------
+    host: str = Field("0.0.0.0", min_length=1, description="Address gunicorn binds to.")
+    port: int = Field(9090, ge=1, le=65535, description="Port gunicorn listens on.")
+    workers: int = Field(
+        1, ge=1, description="gunicorn worker processes; each loads the model once; with more than 1, set REDIS_URL."
+    )
+    threads: int = Field(4, ge=1, description="Threads per gunicorn worker (Label Studio's concurrent calls).")
+    worker_timeout: int = Field(
+        180,
+        ge=1,
+        description="Seconds before gunicorn replaces a silent worker; above Label Studio's 100 s predict timeout.",
+    )
 
     # --- LLM -----------------------------------------------------------------
     llm_runtime: Literal["llama_cpp", "transformers"] = Field(
@@ -61,8 +82,10 @@ class Settings(BaseSettings):
         None, description="Project-independent labeling instruction prepended to every prompt."
     )
     instruction_file: Path | None = Field(
-        None, description="A file holding the instruction (read once at start-up)."
+        None, description="A file holding the instruction (read once, when the settings are built)."
     )
+    # INSTRUCTION_FILE's text, read once per Settings object: (the path it was read from, its text).
+    _instruction_file_text: tuple[Path, str | None] | None = PrivateAttr(None)
 
     # --- Label Studio ----------------------------------------------------------
     label_studio_url: str | None = Field(None, description="Label Studio base URL for API calls.")
@@ -130,8 +153,59 @@ class Settings(BaseSettings):
     basic_auth_user: str | None = Field(None, description="If set with BASIC_AUTH_PASS, require HTTP basic auth.")
     basic_auth_pass: str | None = Field(None, description="Password for BASIC_AUTH_USER.")
 
-    def resolved_instruction(self) -> str | None:
-        """The instruction from INSTRUCTION_FILE wins over INSTRUCTION: a file is what users iterate on."""
+    @model_validator(mode="after")
+    def _read_instruction_file(self) -> "Settings":
+        """Read INSTRUCTION_FILE now: a missing or unreadable file stops start-up, not a later /predict."""
+        self._instruction_file_text = None
         if self.instruction_file is not None:
-            return self.instruction_file.read_text(encoding="utf-8").strip() or None
-        return self.instruction
+            self._instruction_file_text = (self.instruction_file, _read_instruction(self.instruction_file))
+        return self
+
+    def resolved_instruction(self) -> str | None:
+        """The instruction from INSTRUCTION_FILE wins over INSTRUCTION: a file is what users iterate on.
+
+        The file was read when these settings were built (an edit needs a restart); this never
+        touches the disk again, except once for a copy made with
+        `model_copy(update={"instruction_file": ...})`, which skips validation.
+        """
+        if self.instruction_file is None:
+            return self.instruction
+        cached = self._instruction_file_text
+        if cached is None or cached[0] != self.instruction_file:
+            cached = self._instruction_file_text = (self.instruction_file, _read_instruction(self.instruction_file))
+        return cached[1]
+
+
+def _read_instruction(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"INSTRUCTION_FILE={str(path)!r} cannot be read: {reason}") from None
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    return str(loc[0]).upper() if loc else "settings"
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per wrong setting, by its environment variable: `WORKERS='0': Input should be ...`."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        name = _env_name(tuple(problem.get("loc") or ()))
+        message = str(problem.get("msg", "invalid"))
+        if problem.get("type") == "value_error":
+            message = message.removeprefix("Value error, ")
+        if problem.get("loc") and "input" in problem:
+            lines.append(f"{name}={problem['input']!r}: {message}")
+        else:
+            lines.append(f"{name}: {message}" if problem.get("loc") else message)
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """`Settings(**overrides)` from the environment; a `SettingsError` names the wrong variables."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from None

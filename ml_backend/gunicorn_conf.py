@@ -3,21 +3,37 @@
 One worker process holds one copy of the LLM (~0.65 GB RSS for the default GGUF); threads
 serve Label Studio's concurrent calls (fast /setup and /webhook while a /predict runs).
 `timeout` is above Label Studio's 100 s predict timeout, never 0: a hung worker is replaced.
+
+Every value comes from `ml_backend.config.Settings` (HOST, PORT, WORKERS, THREADS,
+WORKER_TIMEOUT, LOG_LEVEL, REDIS_URL), built once here: a wrong variable stops gunicorn
+before it binds, with a message that names it.
 """
 
-import os
+import sys
+from pathlib import Path
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '9090')}"
-workers = int(os.environ.get("WORKERS", "1"))
+_REPO_ROOT = str(Path(__file__).resolve().parents[1])
+if _REPO_ROOT not in sys.path:  # gunicorn loads this file before the app: make `ml_backend` importable
+    sys.path.insert(0, _REPO_ROOT)
+
+from ml_backend.config import SettingsError, load_settings  # noqa: E402
+
+try:
+    _settings = load_settings()
+except SettingsError as exc:
+    sys.exit(f"error: {exc}")
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.workers
 worker_class = "gthread"
-threads = int(os.environ.get("THREADS", "4"))
-timeout = int(os.environ.get("WORKER_TIMEOUT", "180"))
+threads = _settings.threads
+timeout = _settings.worker_timeout
 graceful_timeout = 30
 accesslog = "-"
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = _settings.log_level.lower()
 
-if workers > 1 and not os.environ.get("REDIS_URL"):
+if workers > 1 and not _settings.redis_url:
     # Without Redis, background jobs, their coalescing and progress live inside each worker process.
     print(
         "warning: WORKERS > 1 without REDIS_URL: each worker runs its own background pre-annotation; "

@@ -6,9 +6,11 @@
   sharing the process's one model with `/predict`.
 
 A job is a top-level function named by its dotted path, called as `func(*args, context=ctx)`.
-Workers are separate processes, so a job builds what it needs from `Settings()` through
-`get_context()` (cached per process, so an rq `SimpleWorker` loads the model once and
-reuses it for every job); the in-process runner passes the web app's own context instead.
+This module knows no domain module: `ctx` is whatever `JobContext` (a subclass) the
+composition root built. The in-process runner passes the web app's own context; an rq worker
+runs the composition root's entry point (`RqRunner(entry_point=...)`, `ml_backend.wiring.run_job`),
+which builds the worker process's context once, so a `SimpleWorker` loads the model once and
+reuses it for every job.
 
 **Coalescing** (per `coalesce_key`, e.g. one key per project): at most one job queued and
 one running. Enqueueing while a job is queued returns that job (`coalesced=True`); the
@@ -34,16 +36,16 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from ml_backend import keys
 from ml_backend.config import Settings
-from ml_backend.kv import KEY_PREFIX, KV, kv_from_settings
+from ml_backend.kv import KV
 
 log = logging.getLogger(__name__)
 
 LEASE_POLL_S = 0.5  # how often a job waiting for its key's running lease looks again
-RUN_JOB = "ml_backend.jobs.run_job"  # what both runners actually execute
 
 
 class JobTimeout(Exception):
@@ -58,31 +60,16 @@ class Enqueued:
 
 @dataclass
 class JobContext:
-    """What a job needs, built once per process (`get_context`) or handed over by the web app."""
+    """What every job gets: settings, the key-value store and the runner (to enqueue follow-ups).
+    The composition root subclasses it with the services its jobs need."""
 
     settings: Settings
     kv: KV
-    backend: Any  # ml_backend.model.LLMBackend; its model loads lazily on first use
     runner: "JobRunner | None" = None
-    extras: dict[str, Any] = field(default_factory=dict)
-    # project state → a Label Studio client for it (tests inject an in-memory Label Studio)
-    client_factory: Callable[[Any], Any] | None = None
-
-    def label_studio(self, state: Any) -> Any:
-        """The Label Studio API client of a project (`ls_client.ProjectClient` unless injected)."""
-        if self.client_factory is not None:
-            return self.client_factory(state)
-        from ml_backend.ls_client import ProjectClient
-
-        return ProjectClient.for_project(self.settings, state)
 
 
-def queued_key(coalesce_key: str) -> str:
-    return f"{KEY_PREFIX}queued:{coalesce_key}"
-
-
-def running_key(coalesce_key: str) -> str:
-    return f"{KEY_PREFIX}running:{coalesce_key}"
+queued_key = keys.job_queued
+running_key = keys.job_running
 
 
 def new_job_id(prefix: str) -> str:
@@ -92,33 +79,6 @@ def new_job_id(prefix: str) -> str:
 def resolve(func_path: str) -> Callable[..., Any]:
     module_name, _, name = func_path.rpartition(".")
     return getattr(importlib.import_module(module_name), name)
-
-
-# --- the per-process context of worker processes ---------------------------------------------
-_contexts: dict[str, JobContext] = {}
-_contexts_lock = threading.Lock()
-
-
-def get_context(settings: Settings | None = None) -> JobContext:
-    """The process's job context for these settings; created on first use, then reused.
-
-    Nothing heavy happens here: the model loads on the first scoring call, once per process.
-    """
-    settings = settings or Settings()
-    key = settings.model_dump_json()
-    with _contexts_lock:
-        context = _contexts.get(key)
-        if context is None:
-            from ml_backend.llm import load_runtime
-            from ml_backend.model import LLMBackend
-            from ml_backend.model_store import ModelStore
-
-            kv = kv_from_settings(settings)
-            backend = LLMBackend(settings, lambda: load_runtime(settings), ModelStore(settings.model_dir))
-            context = JobContext(settings=settings, kv=kv, backend=backend)
-            context.runner = make_runner(settings, kv, context)
-            _contexts[key] = context
-        return context
 
 
 # --- deadline and job id of the running job ------------------------------------------------------
@@ -178,14 +138,13 @@ def run_job(
     coalesce_key: str | None,
     job_id: str,
     *,
-    context: JobContext | None = None,
+    context: JobContext,
     job_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """What a worker executes: take the key's lease, clear the queued marker, run the job.
 
     `job_kwargs` (in-process callers only, e.g. the CLI's progress bar) go to the job function.
     """
-    context = context or get_context()
     settings = context.settings
     deadline = time.monotonic() + settings.job_timeout_s
     token = _deadline.set(deadline)
@@ -320,6 +279,11 @@ class InProcessRunner(JobRunner):
             job = self._jobs.get(job_id)
             return dict(job) if job else None
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job this runner was given, oldest first (status, func, args, attempts, error)."""
+        with self._lock:
+            return [dict(job) for job in self._jobs.values()]
+
     def wait_idle(self, timeout_s: float = 60) -> bool:
         """Tests and the CLI: wait until every submitted job ran (retries scheduled later are not waited for)."""
         deadline = time.monotonic() + timeout_s
@@ -335,9 +299,13 @@ class RqRunner(JobRunner):
 
     kind = "rq"
 
-    def __init__(self, settings: Settings, kv: KV) -> None:
+    def __init__(self, settings: Settings, kv: KV, *, entry_point: str) -> None:
+        """`entry_point`: the dotted path rq calls as `entry_point(func_path, args, coalesce_key,
+        job_id)`; it builds the worker process's context and calls `run_job` (the composition root's)."""
         super().__init__(settings, kv)
         from rq import Queue
+
+        self.entry_point = entry_point
 
         from ml_backend.kv import RedisKV
 
@@ -354,7 +322,7 @@ class RqRunner(JobRunner):
 
         intervals = retry_intervals(self.settings)
         self.queue.enqueue(
-            RUN_JOB,
+            self.entry_point,
             func_path,
             list(args),
             coalesce_key,
@@ -396,7 +364,8 @@ class RqRunner(JobRunner):
         return {"id": job_id, "status": status, "error": error, "retries_left": job.retries_left}
 
 
-def make_runner(settings: Settings, kv: KV, context: JobContext) -> JobRunner:
+def make_runner(settings: Settings, kv: KV, context: JobContext, *, entry_point: str) -> JobRunner:
+    """rq when REDIS_URL is set (workers run `entry_point`), else a thread running jobs with `context`."""
     if settings.redis_url:
-        return RqRunner(settings, kv)
+        return RqRunner(settings, kv, entry_point=entry_point)
     return InProcessRunner(settings, kv, context)

@@ -15,8 +15,6 @@ import time
 from abc import ABC, abstractmethod
 from typing import Iterable
 
-KEY_PREFIX = "lsllm:"  # every key this service writes to Redis starts with this
-
 
 class KV(ABC):
     @abstractmethod

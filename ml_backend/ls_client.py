@@ -5,9 +5,9 @@ Credentials: `LABEL_STUDIO_URL` + `LABEL_STUDIO_API_KEY` when set, else the `hos
 file is created 0600). The token may be a legacy token: `LabelStudio(base_url, api_key=token)`
 sends `Authorization: Token <t>`.
 
-Writes: `projects.import_predictions` (one request per batch; verified on 1.23.2: it stores
-`result`, `score` and `model_version` but drops `cluster`), so predictions that carry a
-`cluster` go one by one through `predictions.create`, which keeps it.
+Writes: `projects.import_predictions`, one request per batch (verified on 1.23.2: it stores
+`result`, `score` and `model_version`, but drops `cluster`: a feature that needs `cluster` must
+write through `predictions.create`, one request per prediction).
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from ml_backend.model_store import ProjectState, ls_project_id
 
 log = logging.getLogger(__name__)
 
-SETUP_URL_KEY = "ls_hostname"  # ProjectState.extra keys written by /setup
-SETUP_TOKEN_KEY = "ls_access_token"
 TASK_FIELDS = "id,data,predictions,total_annotations,is_labeled"
 
 
@@ -46,8 +44,8 @@ class TaskRecord:
 
 
 def credentials(settings: Settings, state: ProjectState) -> tuple[str, str]:
-    url = settings.label_studio_url or state.extra.get(SETUP_URL_KEY)
-    token = settings.label_studio_api_key or state.extra.get(SETUP_TOKEN_KEY)
+    url = settings.label_studio_url or state.label_studio_url
+    token = settings.label_studio_api_key or state.label_studio_token
     if not url or not token:
         raise LabelStudioUnavailable(
             f"project {state.project_id}: no Label Studio URL/token; set LABEL_STUDIO_URL and "
@@ -57,11 +55,11 @@ def credentials(settings: Settings, state: ProjectState) -> tuple[str, str]:
 
 
 def remember_setup_credentials(state: ProjectState, hostname: Any, access_token: Any) -> bool:
-    """Store what /setup sent; True if something changed (the caller saves the state)."""
+    """Store what /setup sent (inside `ModelStore.update`); True if something changed."""
     changed = False
-    for key, value in ((SETUP_URL_KEY, hostname), (SETUP_TOKEN_KEY, access_token)):
-        if isinstance(value, str) and value and state.extra.get(key) != value:
-            state.extra[key] = value
+    for name, value in (("label_studio_url", hostname), ("label_studio_token", access_token)):
+        if isinstance(value, str) and value and getattr(state, name) != value:
+            setattr(state, name, value)
             changed = True
     return changed
 
@@ -105,26 +103,28 @@ class ProjectClient:
             )
 
     def write_predictions(self, predictions: list[dict[str, Any]]) -> int:
-        """Store predictions (each with `task`); bulk when none carries a cluster. Returns how many."""
+        """Store predictions (each with `task`) in one bulk request. Returns how many."""
         if not predictions:
             return 0
-        with_cluster = [p for p in predictions if p.get("cluster") is not None]
-        bulk = [p for p in predictions if p.get("cluster") is None]
-        written = 0
-        if bulk:
-            response = self.sdk.projects.import_predictions(id=self.project_id, request=bulk)
-            written += int(getattr(response, "created", None) or len(bulk))
-        for prediction in with_cluster:
-            self.sdk.predictions.create(**prediction)
-            written += 1
-        return written
+        response = self.sdk.projects.import_predictions(id=self.project_id, request=predictions)
+        return int(getattr(response, "created", None) or len(predictions))
 
     def delete_predictions(self, prediction_ids: Iterable[int]) -> None:
+        """Delete predictions; one already gone (404) is fine, any other error propagates.
+
+        label-studio-sdk 2.x answers a 404 here with `core.api_error.ApiError(status_code=404)`
+        (its subclass `errors.NotFoundError` elsewhere). Other statuses (401/403: a bad token,
+        5xx) and transport errors (timeouts) are raised: the job fails visibly and is retried.
+        """
+        from label_studio_sdk.core.api_error import ApiError
+
         for prediction_id in prediction_ids:
             try:
                 self.sdk.predictions.delete(id=int(prediction_id))
-            except Exception as exc:  # noqa: BLE001 - a placeholder already gone is fine
-                log.warning("event=placeholder_delete_failed prediction=%s error=%s", prediction_id, exc)
+            except ApiError as exc:
+                if exc.status_code != 404:
+                    raise
+                log.info("event=prediction_already_deleted prediction=%s", prediction_id)
 
     def model_version(self) -> str | None:
         return self.sdk.projects.get(id=self.project_id).model_version or None

@@ -1,35 +1,108 @@
-"""Per-project state on disk: version counter, label config, instruction, calibration.
+"""Per-project state on disk: one typed document per project, changed only through `update`.
 
 One JSON file per project, written atomically (temp file + fsync + os.replace), so a crash
-mid-write leaves the previous state intact and several processes (gunicorn workers, rq
-workers) read a consistent file.
+mid-write leaves the previous state intact. Every read-modify-write goes through
+`ModelStore.update(key, change)`, which holds the project's lock file (an `fcntl` lock, so
+gunicorn workers and rq workers on the same disk take turns) while it re-reads the state,
+applies the change and writes it. Long computations (a cold start takes minutes) happen
+*outside* the lock and apply their result with a small `change`: a /setup saved meanwhile
+(new instruction, new credentials) is kept, never overwritten by a stale copy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
-TRIGGERED_VERSION_KEY = "preannotate_triggered_version"  # ProjectState.extra: last version pre-annotated
+# Keys of the free-form `extra` dict that state files written before the typed fields used.
+_LEGACY_EXTRA_FIELDS = {
+    "preannotate_triggered_version": "triggered_version",
+    "cold_start": "cold_start",
+    "prompt_variant": "prompt_variant",
+    "ls_hostname": "label_studio_url",
+    "ls_access_token": "label_studio_token",
+}
+
+
+class InvalidProjectState(ValueError):
+    """A state file that does not hold a valid project state (hand-edited, or from a newer version)."""
 
 
 @dataclass
 class ProjectState:
+    """Everything the backend remembers about one Label Studio project."""
+
     project_id: str  # the project key: "<id>.<created_ts>" (see `project_key_of`), or "<id>" for old state
     version_counter: int = 1
     label_config: str | None = None
-    instruction: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    instruction: str | None = None  # from the connection's extra params ({"instruction": ...})
+    cold_start: dict[str, Any] | None = None  # round one: {"basis": ..., "targets": {from_name: ...}}
+    prompt_variant: dict[str, Any] | None = None  # chosen on a dev set (`prompt_choice`)
+    triggered_version: str | None = None  # the last version whose pre-annotation was started
+    label_studio_url: str | None = None  # /setup's hostname, when LABEL_STUDIO_URL is not set
+    label_studio_token: str | None = None  # /setup's access_token, when LABEL_STUDIO_API_KEY is not set
+    slm_version: str | None = None  # the trained small model serving this project (training loop)
+    revision: int = 0  # bumped by every write: tells two copies of the state apart
+
+    @classmethod
+    def from_json(cls, data: Any, project_key: str) -> "ProjectState":
+        """Validate a stored document (legacy `extra` keys are mapped to their fields)."""
+        if not isinstance(data, dict):
+            raise InvalidProjectState(f"project {project_key}: state is a {type(data).__name__}, not an object")
+        data = dict(data)
+        legacy = data.pop("extra", None) or {}
+        if not isinstance(legacy, dict):
+            raise InvalidProjectState(f"project {project_key}: 'extra' is not an object")
+        for old, new in _LEGACY_EXTRA_FIELDS.items():
+            if old in legacy and data.get(new) is None:
+                data[new] = legacy[old]
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            log.warning("event=state_unknown_keys project=%s keys=%s", project_key, ",".join(unknown)[:200])
+        values = {name: data[name] for name in known if name in data}
+        values["project_id"] = project_key
+        _check_types(values, project_key)
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=2)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "version_counter": (int,),
+    "label_config": (str, type(None)),
+    "instruction": (str, type(None)),
+    "cold_start": (dict, type(None)),
+    "prompt_variant": (dict, type(None)),
+    "triggered_version": (str, type(None)),
+    "label_studio_url": (str, type(None)),
+    "label_studio_token": (str, type(None)),
+    "slm_version": (str, type(None)),
+    "revision": (int,),
+}
+
+
+def _check_types(values: dict[str, Any], project_key: str) -> None:
+    for name, value in values.items():
+        allowed = _FIELD_TYPES.get(name)
+        if allowed and (not isinstance(value, allowed) or isinstance(value, bool)):
+            raise InvalidProjectState(
+                f"project {project_key}: field {name!r} is a {type(value).__name__}, expected "
+                + " or ".join(t.__name__ for t in allowed)
+            )
 
 
 class InvalidProjectId(ValueError):
@@ -137,12 +210,13 @@ class ModelStore:
 
     Layout: `project_<id>/<created_ts>/state.json` per Label Studio project instance (the key
     "3.1795612540"); `project_<id>/state.json` is state written before keys had the creation
-    time (migrated by the first load under a full key) or for a bare id never set up.
+    time (migrated by the first load under a full key) or for a bare id never set up. Each
+    state file has a `state.json.lock` beside it for `update`.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # fcntl locks are per process: threads also take turns here
 
     def _path(self, project_key: str) -> Path:
         project_id, _, created = project_key.partition(".")
@@ -162,15 +236,53 @@ class ModelStore:
         return newest_instance(project_key, stored) or project_key
 
     def load(self, project_key: str) -> ProjectState:
-        """The project's state (a fresh one if none is stored); a bare id reads its newest instance."""
+        """The project's state (a fresh one if none is stored); a bare id reads its newest instance.
+
+        A snapshot for reading: to change the state, use `update`."""
         project_key = self.resolve(project_key)
         path = self._path(project_key)
         if not path.is_file():
             migrated = self._migrate_legacy(project_key)
             return migrated or ProjectState(project_id=project_key)
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["project_id"] = project_key
-        return ProjectState(**data)
+        return self._read(path, project_key)
+
+    def update(self, project_key: str, change: Callable[[ProjectState], Any]) -> ProjectState:
+        """The one read-modify-write: under the project's lock, load the current state, let
+        `change` modify it in place, write it (revision + 1) and return it. Keep `change` short
+        and pure: compute first, then apply the result here."""
+        project_key = self.resolve(project_key)
+        with self._locked(project_key):
+            path = self._path(project_key)
+            state = self._read(path, project_key) if path.is_file() else (
+                self._migrate_legacy(project_key) or ProjectState(project_id=project_key)
+            )
+            change(state)
+            state.project_id = project_key
+            state.revision += 1
+            atomic_write_text(path, state.to_json())
+        return state
+
+    def exists(self, project_key: str) -> bool:
+        return self._path(self.resolve(project_key)).is_file()
+
+    @contextlib.contextmanager
+    def _locked(self, project_key: str) -> Iterator[None]:
+        lock_path = self._path(project_key).with_name("state.json.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(lock_path, "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    @staticmethod
+    def _read(path: Path, project_key: str) -> ProjectState:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InvalidProjectState(f"project {project_key}: {path} is not valid JSON ({exc})") from None
+        return ProjectState.from_json(data, project_key)
 
     def _migrate_legacy(self, project_key: str) -> ProjectState | None:
         """State written under the bare id by earlier versions moves to the full key, once.
@@ -184,18 +296,9 @@ class ModelStore:
         with self._lock:
             if not legacy.is_file():
                 return None
-            data = json.loads(legacy.read_text(encoding="utf-8"))
-            data["project_id"] = project_key
-            data.get("extra", {}).pop(TRIGGERED_VERSION_KEY, None)
-            state = ProjectState(**data)
-            atomic_write_text(self._path(project_key), json.dumps(asdict(state), ensure_ascii=False, indent=2))
+            state = self._read(legacy, project_key)
+            state.triggered_version = None
+            atomic_write_text(self._path(project_key), state.to_json())
             os.replace(legacy, legacy.with_name("state.json.migrated"))
         log.info("event=state_migrated from=%s to=%s", legacy, project_key)
         return state
-
-    def save(self, state: ProjectState) -> None:
-        with self._lock:
-            atomic_write_text(self._path(state.project_id), json.dumps(asdict(state), ensure_ascii=False, indent=2))
-
-    def exists(self, project_key: str) -> bool:
-        return self._path(self.resolve(project_key)).is_file()

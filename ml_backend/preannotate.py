@@ -23,23 +23,26 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
-from ml_backend.jobs import Enqueued, JobContext, check_deadline, current_job_id, get_context
-from ml_backend.kv import KEY_PREFIX
-from ml_backend.label_config import parse_label_config
+from ml_backend import keys
+from ml_backend.config import Settings
+from ml_backend.inference import Inference
+from ml_backend.jobs import Enqueued, JobRunner, check_deadline, current_job_id
+from ml_backend.kv import KV
 from ml_backend.llm.priority import background_work
-from ml_backend.ls_client import TaskRecord
-from ml_backend.model_store import TRIGGERED_VERSION_KEY, newest_instance
+from ml_backend.ls_client import ProjectClient, TaskRecord
+from ml_backend.model_store import ModelStore, ProjectState, newest_instance
 from ml_backend.prediction_cache import PredictionCache
+from ml_backend.profile import Profiles, ProjectProfile
 from ml_backend.progress import DONE, FAILED, QUEUED, REJECTED, RUNNING, ProgressStore
+from ml_backend.round_one import RoundOne
+from ml_backend.versioning import is_stand_in_version, provisional_version
 
 log = logging.getLogger(__name__)
 
 JOB = "ml_backend.preannotate.preannotate_project"
 ALL_TASKS = "*"  # member of a project's request set meaning "every task of the project"
-PENDING_SUFFIX = "-pending"  # model_version suffix of /predict's placeholders (see README)
-PROVISIONAL_SUFFIX = "-provisional"  # the first page's zero-shot predictions before a cold start
 COLD_START_LOG_EVERY = 16  # a cold-start progress log line every this many tasks
 
 
@@ -47,39 +50,33 @@ def coalesce_key(project_id: str) -> str:
     return f"preannotate:{project_id}"
 
 
-def _request_key(project_id: str) -> str:
-    return f"{KEY_PREFIX}preannotate:request:{project_id}"
+request_key = keys.preannotate_request
+_active_key = keys.preannotate_active
 
 
-def _active_key(project_id: str) -> str:
-    return f"{KEY_PREFIX}preannotate:active:{project_id}"
+class PreannotationContext(Protocol):
+    """What the job needs; the composition root (`ml_backend.wiring.Services`) provides it."""
 
+    settings: Settings
+    kv: KV
+    runner: JobRunner | None
+    store: ModelStore
+    profiles: Profiles
+    inference: Inference
+    round_one: RoundOne
 
-def pending_version(model_version: str) -> str:
-    return f"{model_version}{PENDING_SUFFIX}"
-
-
-def is_pending_version(model_version: str | None) -> bool:
-    return bool(model_version) and model_version.endswith(PENDING_SUFFIX)
-
-
-def provisional_version(model_version: str) -> str:
-    return f"{model_version}{PROVISIONAL_SUFFIX}"
-
-
-def is_stand_in_version(model_version: str | None) -> bool:
-    """A prediction this backend stores only until the real one is written (then deletes)."""
-    return bool(model_version) and model_version.endswith((PENDING_SUFFIX, PROVISIONAL_SUFFIX))
+    def label_studio(self, state: ProjectState) -> ProjectClient:
+        """The project's Label Studio API client (tests inject an in-memory Label Studio)."""
 
 
 # --- triggers -----------------------------------------------------------------------------------
 def trigger(
-    context: JobContext, project_id: str, task_ids: Iterable[int] | None = None, *, reason: str
+    context: PreannotationContext, project_id: str, task_ids: Iterable[int] | None = None, *, reason: str
 ) -> Enqueued:
     """Ask for pre-annotation of a project (task_ids=None) or of some of its tasks. Milliseconds."""
     project_id = str(project_id)
     members = [ALL_TASKS] if task_ids is None else [str(int(t)) for t in task_ids]
-    context.kv.sadd(_request_key(project_id), members)
+    context.kv.sadd(request_key(project_id), members)
     enqueued = context.runner.enqueue(JOB, project_id, coalesce_key=coalesce_key(project_id))
     progress = ProgressStore(context.kv)
     record = progress.get(project_id)
@@ -96,32 +93,13 @@ def trigger(
     return enqueued
 
 
-def on_new_model_version(project_id: str, *, context: JobContext | None = None) -> Enqueued:
-    """The hook a training job calls after it made a new model version the project's current one:
-    every unlabeled task then gets a prediction of the new version."""
-    return trigger(context or get_context(), project_id, None, reason="new_model_version")
-
-
-def publish_new_version(project_id: str, *, context: JobContext | None = None) -> str:
-    """Bump the project's version counter (what a retrain does) and re-annotate under the new version."""
-    context = context or get_context()
-    store = context.backend.store
-    state = store.load(str(project_id))
-    state.version_counter += 1
-    version = context.backend.model_version(state, parse_label_config(state.label_config))
-    state.extra[TRIGGERED_VERSION_KEY] = version  # the next /setup then does not trigger again
-    store.save(state)
-    on_new_model_version(str(project_id), context=context)
-    return version
-
-
 class BulkPreannotation:
     """What the web process needs from the job: triggers, the cache, the hand-over of overflow.
 
-    Built once per app (`create_app`) and given to `LLMBackend` as `backend.bulk`.
+    Built once per process by the composition root (`ml_backend.wiring`).
     """
 
-    def __init__(self, context: JobContext) -> None:
+    def __init__(self, context: PreannotationContext) -> None:
         self.context = context
         self.cache = PredictionCache(context.kv, ttl_s=context.settings.prediction_cache_ttl_s)
         self.progress = ProgressStore(context.kv)
@@ -187,7 +165,7 @@ def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
 def preannotate_project(
     project_id: str,
     *,
-    context: JobContext | None = None,
+    context: PreannotationContext,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """The job: give every selected, unlabeled task of a project a prediction of the current version.
@@ -195,9 +173,8 @@ def preannotate_project(
     `on_progress(done, total)` is called after every write (the CLI draws a tqdm bar with it).
     Returns a summary; raises on failure after recording `last_error` in the progress record.
     """
-    context = context or get_context()
     project_id = str(project_id)
-    selection = context.kv.move_set(_request_key(project_id), _active_key(project_id))
+    selection = context.kv.move_set(request_key(project_id), _active_key(project_id))
     if not selection:
         log.info("event=preannotate_nothing_requested project=%s", project_id)
         return {"project": project_id, "status": "nothing_requested"}
@@ -223,7 +200,7 @@ class PreannotationRun:
 
     def __init__(
         self,
-        context: JobContext,
+        context: PreannotationContext,
         project_id: str,
         task_ids: list[int] | None,
         *,
@@ -234,7 +211,6 @@ class PreannotationRun:
         self.task_ids = task_ids
         self.on_progress = on_progress
         self.settings = context.settings
-        self.backend = context.backend
         self.progress = ProgressStore(context.kv)
         self.cache = PredictionCache(context.kv, ttl_s=self.settings.prediction_cache_ttl_s)
         self.version = ""
@@ -263,7 +239,7 @@ class PreannotationRun:
         )
         try:
             tasks = self._select()
-            if tasks and self.backend.needs_cold_start(self.state, self.spec):
+            if tasks and self.profile.cold_start_due:
                 self._write_first_page(tasks)
                 self._cold_start(tasks)
             covered, labeled = self._plan(tasks)
@@ -273,15 +249,19 @@ class PreannotationRun:
             self._report(state=FAILED, last_error=f"{type(exc).__name__}: {exc}"[:500])
             raise
 
+    def _current_profile(self) -> ProjectProfile:
+        """The project as stored now (a /setup or another job may have changed its version)."""
+        return self.context.profiles.of_state(self.context.store.load(self.project_id), self.profile.spec)
+
     def _report(self, **changes: Any):
         return self.progress.update(self.project_id, **changes)
 
     def _select(self) -> list[TaskRecord]:
-        self.state = self.backend.store.load(self.project_id)
-        if not self.state.label_config:
+        state = self.context.store.load(self.project_id)
+        if not state.label_config:
             raise ValueError(f"project {self.project_id} has no labeling config yet (connect it so /setup runs)")
-        self.spec = parse_label_config(self.state.label_config)
-        self.client = self.context.label_studio(self.state)
+        self.profile = self.context.profiles.of_state(state)
+        self.client = self.context.label_studio(state)
         return list(self.client.tasks(self.task_ids, page_size=self.settings.preannotate_page_size))
 
     def _write_first_page(self, tasks: list[TaskRecord]) -> None:
@@ -289,7 +269,7 @@ class PreannotationRun:
         size = self.settings.preannotate_first_page
         if size <= 0:
             return
-        current = self.backend.model_version(self.state, self.spec)
+        current = self.profile.version
         provisional = provisional_version(current)
         page, _, _ = select_tasks(tasks, current, include_labeled=self.settings.preannotate_labeled)
         page = [task for task in page if provisional not in task.model_versions][:size]
@@ -297,7 +277,7 @@ class PreannotationRun:
             return
         self._report(phase="first_page", stage=None, total=len(page), done=0, started_at=time.time())
         with background_work():
-            predictions = self.backend.score_tasks(self.project_id, [task.as_task() for task in page])
+            predictions = self.context.inference.score_tasks(self.profile, [task.as_task() for task in page])
         payload = [
             {**prediction, "model_version": provisional, "task": task.id} for task, prediction in zip(page, predictions)
         ]
@@ -326,13 +306,13 @@ class PreannotationRun:
 
         self._report(phase="cold_start", stage=None, done=0, total=0, started_at=time.time())
         with background_work():
-            self.backend.prepare_cold_start(
+            self.context.round_one.run(
                 self.project_id, [task.as_task() for task in tasks], on_progress=on_stage_progress
             )
-        self.state = self.backend.store.load(self.project_id)
+        self.profile = self._current_profile()
 
     def _plan(self, tasks: list[TaskRecord]) -> tuple[int, int]:
-        self.version = self.backend.model_version(self.state, self.spec)
+        self.version = self.profile.version
         self.todo, covered, labeled = select_tasks(tasks, self.version, include_labeled=self.settings.preannotate_labeled)
         self._report(
             model_version=self.version, phase="predict", stage=None, done=0, scored=0, total=len(self.todo),
@@ -348,10 +328,11 @@ class PreannotationRun:
         """Score the planned tasks in batches and write them; True if a newer version took over."""
         for batch in chunks(self.todo, self.settings.preannotate_score_batch):
             check_deadline()
-            if self.backend.model_version(self.backend.store.load(self.project_id), self.spec) != self.version:
+            profile = self._current_profile()
+            if profile.version != self.version:
                 return self._superseded()
             with background_work():
-                predictions = self.backend.score_tasks(self.project_id, [task.as_task() for task in batch])
+                predictions = self.context.inference.score_tasks(profile, [task.as_task() for task in batch])
             if predictions and predictions[0]["model_version"] != self.version:
                 return self._superseded()
             self.cache.put(self.project_id, self.version, {task.id: p for task, p in zip(batch, predictions)})

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
-from ml_backend.kv import KEY_PREFIX, KV
+from ml_backend import keys
+from ml_backend.kv import KV
 
 # Label Studio stores a /predict answer right after it arrives; the mark only has to outlive the
 # job's next write. Short, so a task whose answer Label Studio did not store (a direct call, an
@@ -28,22 +29,19 @@ class PredictionCache:
         self.kv = kv
         self.ttl_s = ttl_s
 
-    @staticmethod
-    def _key(kind: str, project_id: str, model_version: str) -> str:
-        return f"{KEY_PREFIX}{kind}:{project_id}:{model_version}"
 
     def put(self, project_id: str, model_version: str, predictions: dict[int, dict[str, Any]]) -> None:
         mapping = {str(task_id): json.dumps(p, ensure_ascii=False) for task_id, p in predictions.items()}
-        self.kv.hset(self._key("predictions", project_id, model_version), mapping, ttl_s=self.ttl_s)
+        self.kv.hset(keys.cached_predictions(project_id, model_version), mapping, ttl_s=self.ttl_s)
 
     def get_many(self, project_id: str, model_version: str, task_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-        found = self.kv.hget_many(self._key("predictions", project_id, model_version), [str(t) for t in task_ids])
+        found = self.kv.hget_many(keys.cached_predictions(project_id, model_version), [str(t) for t in task_ids])
         return {int(task_id): json.loads(raw) for task_id, raw in found.items()}
 
     def mark_answered(self, project_id: str, model_version: str, task_ids: Iterable[int]) -> None:
-        key = self._key("answered", project_id, model_version)
+        key = keys.answered_by_predict(project_id, model_version)
         self.kv.hset(key, {str(t): "1" for t in task_ids}, ttl_s=ANSWERED_TTL_S)
 
     def answered(self, project_id: str, model_version: str, task_ids: Iterable[int]) -> set[int]:
-        found = self.kv.hget_many(self._key("answered", project_id, model_version), [str(t) for t in task_ids])
+        found = self.kv.hget_many(keys.answered_by_predict(project_id, model_version), [str(t) for t in task_ids])
         return {int(task_id) for task_id in found}

@@ -1,8 +1,9 @@
 """Tasks → Label Studio predictions, always one per task, in order.
 
-Path of a request: LabelSpec (parsed config) → per target: prompt parts → continuation
-token lists → one batched `score_continuations` call → label probabilities → bias
-correction → regions and a score per task.
+Path of a request: LabelSpec (parsed config) → per target: prompt parts → continuations
+(answer strings) → batched `LLMProvider.score_labels` calls → label probabilities → bias
+correction → regions and a score per task. Everything here is text: token ids stay inside
+`ml_backend.llm` (see `ml_backend.llm.provider` for why).
 
 `<Labels>` targets (NER) go through `ml_backend.ner.extractor`: generate candidates → align
 to spans → score every span in one batched pass → `labels` regions with code-point offsets
@@ -13,7 +14,6 @@ each Labels block): the weakest part decides whether the pre-annotation is right
 from __future__ import annotations
 
 import dataclasses
-
 import html
 import logging
 import re
@@ -24,37 +24,35 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ml_backend import calibration, offsets
+from ml_backend import bias_correction, offsets
 from ml_backend.label_config import LabelSpec, Target
 from ml_backend.llm.base import LLMRuntime, ProgressCallback
-from ml_backend.llm.prompts import Demonstration, ScoringPrompt, build_scoring_prompt, yes_no_question
+from ml_backend.llm.prompts import (
+    Demonstration,
+    ScoringPrompt,
+    build_scoring_prompt,
+    yes_no_question,
+)
+from ml_backend.llm.provider import (
+    Continuation,
+    LLMProvider,
+    RuntimeProvider,
+    as_provider,
+)
 from ml_backend.ner.extractor import NerExtractor, TaskEntities
+from ml_backend.prediction_options import PredictionOptions
 from ml_backend.scoring import (
     label_probabilities,
     multi_choice_prediction,
     single_choice_prediction,
-    some_sequence_is_a_prefix,
     yes_probabilities,
 )
 
 log = logging.getLogger(__name__)
 
-CHARS_PER_TOKEN_CAP = 16  # pre-cut huge texts before tokenizing: no token is longer than this many chars
 # Part of every model_version: bump it when the same prompt would give different scores
 # (2: the end-of-answer token only where a label starts another), so Label Studio re-requests.
 SCORING_REVISION = 2
-
-
-@dataclass(frozen=True)
-class PredictionOptions:
-    scoring_mode: str = "full_sequence"  # or "first_token"
-    bias_calibration: str = "prior_matching"  # "none" | "content_free" | "prior_matching"
-    max_text_tokens: int = 256
-    instruction: str | None = None
-    batch_size: int = 8  # tasks per runtime call: the runtime lock is released between calls
-    use_hints: bool = True  # label definitions (Choice hints) in the prompt; a dev-set prompt choice may drop them
-    ner_max_new_tokens: int = 64
-    offset_unit: offsets.OffsetUnit = offsets.LABEL_STUDIO_OFFSET_UNIT
 
 
 @dataclass(frozen=True)
@@ -97,18 +95,25 @@ def html_to_text(markup: str) -> str:
 class LabelScorer:
     """Turns texts into label probabilities for one target; caches content-free calibration."""
 
-    def __init__(self, runtime: LLMRuntime, options: PredictionOptions, *, memo_size: int = 0) -> None:
-        """memo_size > 0 keeps the raw probabilities of that many recent (target, demonstrations,
+    def __init__(self, model: LLMProvider | LLMRuntime, options: PredictionOptions, *, memo_size: int = 0) -> None:
+        """`model`: any `LLMProvider`, or an in-process `LLMRuntime` (wrapped into its `RuntimeProvider`).
+
+        memo_size > 0 keeps the raw probabilities of that many recent (target, demonstrations,
         text) triples: the service's cold start scores a sample of tasks with the final prompt,
         and the pre-annotation pass that follows then writes those tasks without scoring them
         again. Off by default (benchmarks time repeated passes over the same texts)."""
-        self.runtime = runtime
+        self.provider = as_provider(model)
         self.options = options
         self._content_free: dict[tuple, np.ndarray] = {}
         self._memo: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._memo_size = memo_size
         self._memo_lock = threading.Lock()  # /predict and the in-process job share a scorer
         self.memo_hits = 0  # rows served from the memo (logged by the job, asserted by tests)
+
+    @property
+    def runtime(self) -> LLMRuntime | None:
+        """The in-process runtime behind the provider (None for a provider without one)."""
+        return self.provider.runtime if isinstance(self.provider, RuntimeProvider) else None
 
     # --- building blocks --------------------------------------------------------------
     def prompt(self, target: Target, demonstrations: Sequence[Demonstration] = ()) -> ScoringPrompt:
@@ -117,11 +122,11 @@ class LabelScorer:
                 target, options=tuple(dataclasses.replace(o, hint=None) for o in target.options)
             )
         return build_scoring_prompt(
-            self.runtime.chat_format, target, instruction=self.options.instruction, demonstrations=demonstrations
+            self.provider.chat_format, target, instruction=self.options.instruction, demonstrations=demonstrations
         )
 
-    def continuations(self, target: Target, prompt: ScoringPrompt) -> list[list[int]]:
-        """Token lists to score after the task text.
+    def label_continuations(self, target: Target, prompt: ScoringPrompt) -> list[Continuation]:
+        """What to score after the task text, one per label (multiple choice: two per label).
 
         Single choice, full_sequence mode: lead + label, plus the first token of the answer's
         end only when some label's tokens are a prefix of another's (`Sci` vs `Sci/Tech`: only
@@ -130,46 +135,53 @@ class LabelScorer:
         the label's first token. Multiple choice: for each label, question + lead + "yes" and
         question + lead + "no" (interleaved: yes_0, no_0, yes_1, ...).
         """
-        tokenize = self.runtime.tokenize
         if target.multiple:
             result = []
             for option in target.options:
-                prompt_text = yes_no_question(option.prompt_name) + prompt.answer_lead
-                result.append(tokenize(prompt_text + "yes", special=True))
-                result.append(tokenize(prompt_text + "no", special=True))
+                lead = yes_no_question(option.prompt_name) + prompt.answer_lead
+                result.append(Continuation(lead, "yes"))
+                result.append(Continuation(lead, "no"))
             return result
-        n_lead = len(tokenize(prompt.answer_lead, special=True))
-        labels = [tokenize(prompt.answer_lead + option.prompt_name, special=True) for option in target.options]
         if self.options.scoring_mode == "first_token":
-            return [tokens[: n_lead + 1] for tokens in labels]
-        if not some_sequence_is_a_prefix(labels):
+            return [Continuation(prompt.answer_lead, o.prompt_name, first_token_only=True) for o in target.options]
+        labels = [Continuation(prompt.answer_lead, option.prompt_name) for option in target.options]
+        if not self.provider.some_continuation_is_a_prefix(labels):
             return labels
-        end_tokens = tokenize(prompt.answer_end, special=True)[:1]
-        return [tokens + end_tokens for tokens in labels]
+        return [Continuation(c.lead, c.answer, end=prompt.answer_end) for c in labels]
 
-    def task_tokens(self, text: str, *, task_id: Any = None) -> list[int]:
-        limit = self.options.max_text_tokens
-        tokens = self.runtime.tokenize(text[: limit * CHARS_PER_TOKEN_CAP], special=False)
-        if len(tokens) > limit:
-            log.warning(
-                "event=text_truncated task=%s tokens=%d max_text_tokens=%d", task_id, len(tokens), limit
-            )
-            tokens = tokens[:limit]
-        return tokens
+    def task_text(self, text: str) -> str:
+        """The text as the model reads it: cut to MAX_TEXT_TOKENS tokens."""
+        return self.provider.truncate(text, self.options.max_text_tokens)
+
+    # --- token-level views, for benchmarks and tests that drive an in-process runtime directly ----
+    def continuations(self, target: Target, prompt: ScoringPrompt) -> list[list[int]]:
+        """`label_continuations` as the runtime's token lists (in-process providers only)."""
+        return self._runtime_provider().continuation_token_ids(self.label_continuations(target, prompt))
+
+    def task_tokens(self, text: str) -> list[int]:
+        """`task_text` as the runtime's token ids (in-process providers only)."""
+        return self._runtime_provider().task_token_ids(self.task_text(text))
+
+    def _runtime_provider(self) -> RuntimeProvider:
+        if not isinstance(self.provider, RuntimeProvider):
+            raise TypeError(f"{type(self.provider).__name__} has no token ids: use the text-level methods")
+        return self.provider
 
     # --- scoring ---------------------------------------------------------------------
     def raw_probabilities(
         self,
         target: Target,
-        token_lists: Sequence[list[int]],
+        task_texts: Sequence[str],
         *,
         demonstrations: Sequence[Demonstration] = (),
         progress: ProgressCallback | None = None,
     ) -> np.ndarray:
-        """Uncorrected probabilities, shape (n, n_labels): a distribution (single) or P(yes) (multiple)."""
+        """Uncorrected probabilities, shape (n, n_labels): a distribution (single) or P(yes) (multiple).
+
+        `task_texts` as the model reads them (`task_text`: already cut to MAX_TEXT_TOKENS)."""
         if self._memo_size <= 0:
-            return self._score_raw(target, token_lists, demonstrations=demonstrations, progress=progress)
-        keys = [(target, tuple(demonstrations), tuple(tokens)) for tokens in token_lists]
+            return self._score_raw(target, task_texts, demonstrations=demonstrations, progress=progress)
+        keys = [(target, tuple(demonstrations), str(text)) for text in task_texts]
         with self._memo_lock:
             known = {i: self._memo[key] for i, key in enumerate(keys) if key in self._memo}
         missing = [i for i in range(len(keys)) if i not in known]
@@ -177,7 +189,7 @@ class LabelScorer:
             progress(len(known))
         if missing:
             scored = self._score_raw(
-                target, [token_lists[i] for i in missing], demonstrations=demonstrations, progress=progress
+                target, [task_texts[i] for i in missing], demonstrations=demonstrations, progress=progress
             )
             known.update({index: scored[row] for row, index in enumerate(missing)})
         rows = [known[i] for i in range(len(keys))]
@@ -195,18 +207,17 @@ class LabelScorer:
     def _score_raw(
         self,
         target: Target,
-        token_lists: Sequence[list[int]],
+        task_texts: Sequence[str],
         *,
         demonstrations: Sequence[Demonstration] = (),
         progress: ProgressCallback | None = None,
     ) -> np.ndarray:
         prompt = self.prompt(target, demonstrations)
-        prefix = self.runtime.prefix_tokens(prompt.prefix)
-        continuations = self.continuations(target, prompt)
+        continuations = self.label_continuations(target, prompt)
         step = max(1, self.options.batch_size)
         chunks = [
-            self.runtime.score_continuations(prefix, token_lists[start : start + step], continuations, progress=progress)
-            for start in range(0, len(token_lists), step)
+            self.provider.score_labels(prompt.prefix, task_texts[start : start + step], continuations, progress=progress)
+            for start in range(0, len(task_texts), step)
         ]
         logprobs = np.concatenate(chunks, axis=0) if chunks else np.zeros((0, len(continuations)))
         if target.multiple:
@@ -227,8 +238,8 @@ class LabelScorer:
         BIAS_CALIBRATION=prior_matching divides out `label_bias` (estimated on the project's
         tasks by the cold-start step); until that exists it falls back to content_free.
         """
-        token_lists = [self.task_tokens(text) for text in texts]
-        raw = self.raw_probabilities(target, token_lists, demonstrations=demonstrations, progress=progress)
+        task_texts = [self.task_text(text) for text in texts]
+        raw = self.raw_probabilities(target, task_texts, demonstrations=demonstrations, progress=progress)
         return self.correct(target, raw, demonstrations=demonstrations, label_bias=label_bias)
 
     def correct(
@@ -244,26 +255,27 @@ class LabelScorer:
         if mode == "none":
             return raw
         if mode == "prior_matching" and label_bias is not None and not target.multiple:
-            return calibration.divide_out_prior(raw, np.asarray(label_bias))
+            return bias_correction.divide_out_prior(raw, np.asarray(label_bias))
         content_free = self.content_free_probabilities(target, demonstrations)
         return self._correct(target, raw, content_free)
 
     def content_free_probabilities(self, target: Target, demonstrations: Sequence[Demonstration] = ()) -> np.ndarray:
         key = (target, tuple(demonstrations), self.options)
         if key not in self._content_free:
-            token_lists = [self.runtime.tokenize(text, special=False) for text in calibration.CONTENT_FREE_INPUTS]
-            self._content_free[key] = self.raw_probabilities(target, token_lists, demonstrations=demonstrations)
+            self._content_free[key] = self.raw_probabilities(
+                target, list(bias_correction.CONTENT_FREE_INPUTS), demonstrations=demonstrations
+            )
         return self._content_free[key]
 
     @staticmethod
     def _correct(target: Target, raw: np.ndarray, content_free: np.ndarray) -> np.ndarray:
         if not target.multiple:
-            return calibration.contextual_calibration(raw, content_free)
+            return bias_correction.contextual_calibration(raw, content_free)
         corrected = np.empty_like(raw)
         for label in range(raw.shape[1]):
             as_pairs = np.stack([raw[:, label], 1.0 - raw[:, label]], axis=1)
             cf_pairs = np.stack([content_free[:, label], 1.0 - content_free[:, label]], axis=1)
-            corrected[:, label] = calibration.contextual_calibration(as_pairs, cf_pairs)[:, 0]
+            corrected[:, label] = bias_correction.contextual_calibration(as_pairs, cf_pairs)[:, 0]
         return corrected
 
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
 
-from ml_backend.kv import KEY_PREFIX, KV
+from ml_backend import keys
+from ml_backend.kv import KV
 
-PROGRESS_INDEX = KEY_PREFIX + "progress:projects"  # set of project ids that have a record
+PROGRESS_INDEX = keys.PROGRESS_INDEX
 
-# Job states a record moves through: queued → running → done | failed (retrying in between);
+# Job states a record moves through: queued → running → done | failed (a retry runs again);
 # "rejected": the project's labeling config was refused (see last_error), no job can run.
-QUEUED, RUNNING, DONE, FAILED, RETRYING, REJECTED = "queued", "running", "done", "failed", "retrying", "rejected"
+QUEUED, RUNNING, DONE, FAILED, REJECTED = "queued", "running", "done", "failed", "rejected"
 TIMESTAMP_FIELDS = ("started_at", "updated_at", "finished_at")
 
 
@@ -77,7 +78,7 @@ class ProgressStore:
 
     @staticmethod
     def _key(project_id: str) -> str:
-        return f"{KEY_PREFIX}progress:{project_id}"
+        return keys.progress(project_id)
 
     def get(self, project_id: str) -> ProjectProgress | None:
         raw = self.kv.get(self._key(project_id))

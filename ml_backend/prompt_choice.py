@@ -3,7 +3,7 @@
 Why: which read-out works best (demonstrations or not, definitions or not, first token or the
 full label, which bias correction) depends on the model and the project; with ~50 labeled
 tasks the choice can be measured instead of guessed. The losses come from
-`training.prompt_selection` (log-loss: it rewards probabilities that mean something).
+`ml_backend.prompt_variants` (log-loss: it rewards probabilities that mean something).
 
 The chosen variant is stored per project with the config it was chosen for; it overrides the
 scoring settings of that project only, and is part of the model_version.
@@ -17,24 +17,31 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ml_backend import calibration
-from ml_backend.label_config import Target
+from ml_backend import bias_correction
+from ml_backend.label_config import Target, config_hash
 from ml_backend.llm.prompts import Demonstration
 from ml_backend.model_store import ProjectState
 from ml_backend.predictor import ColdStart, LabelScorer, PredictionOptions
-from training.prompt_selection import PromptVariant, choose_variant
-
-PROMPT_VARIANT_KEY = "prompt_variant"
+from ml_backend.prompt_variants import PromptVariant, choose_variant
 
 
 def config_fingerprint(label_config: str | None) -> str:
+    """The config's identity for a stored variant: the same hash as the model version's
+    (`label_config.config_hash`), so a whitespace-only edit keeps both or neither."""
+    return config_hash(label_config or "")
+
+
+def _legacy_fingerprint(label_config: str | None) -> str:
+    """What variants chosen before the hashes were unified recorded (sha256 of the raw text)."""
     return hashlib.sha256((label_config or "").encode("utf-8")).hexdigest()[:12]
 
 
 def stored_variant(state: ProjectState) -> dict[str, Any] | None:
     """The project's chosen variant, or None if never chosen or chosen for another config."""
-    variant = state.extra.get(PROMPT_VARIANT_KEY)
-    if not variant or variant.get("config") != config_fingerprint(state.label_config):
+    variant = state.prompt_variant
+    if not variant or variant.get("config") not in (
+        config_fingerprint(state.label_config), _legacy_fingerprint(state.label_config)
+    ):
         return None
     return variant
 
@@ -88,12 +95,12 @@ def evaluate_variants(
         demos = tuple(demonstrations[: variant.n_demonstrations])
         key = (variant.scoring_mode, variant.use_hints, demos)
         if key not in raw_cache:
-            raw_cache[key] = scorer.raw_probabilities(target, [scorer.task_tokens(t) for t in texts], demonstrations=demos)
+            raw_cache[key] = scorer.raw_probabilities(target, [scorer.task_text(t) for t in texts], demonstrations=demos)
         raw = raw_cache[key]
         if variant.bias_calibration == "prior_matching":
-            bias = calibration.matching_bias(raw)
+            bias = bias_correction.matching_bias(raw)
             biases[variant.name] = [round(float(b), 6) for b in bias]
-            probabilities[variant.name] = calibration.divide_out_prior(raw, bias)
+            probabilities[variant.name] = bias_correction.divide_out_prior(raw, bias)
         else:
             probabilities[variant.name] = scorer.correct(target, raw, demonstrations=demos)
     best_name, losses = choose_variant(probabilities, gold_indices)

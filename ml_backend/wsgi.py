@@ -3,8 +3,8 @@
     gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app
 """
 
-from ml_backend.app import create_app
-from ml_backend.config import Settings
+from ml_backend.app import create_app, services_of
+from ml_backend.config import load_settings
 
-app = create_app(Settings())
-app.extensions["llm_backend"].warm_up()
+app = create_app(load_settings())  # a bad variable stops start-up with its name
+services_of(app).inference.warm_up()

@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to ../shared, a keyword-driven fake LLM runtime for unit tests, apps."""
+"""Shared fixtures: paths to the repo's recorded payloads and to ../shared, a keyword-driven fake
+LLM runtime for unit tests, apps."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from ml_backend.llm.prompts import ChatFormat
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("SHARED_DIR", REPO_ROOT / ".." / "shared")).resolve()
 LABELING_CONFIGS = REPO_ROOT / "labeling_configs"
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures"  # small recorded payloads, kept in the repo
+LABEL_STUDIO_VERSION = "1.23.2"  # the Label Studio the payloads under FIXTURES_DIR were recorded from
 
 QWEN_LIKE_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -23,8 +26,23 @@ QWEN_LIKE_TEMPLATE = (
 )
 
 
+def fixture_path(*parts: str) -> Path:
+    """A file under tests/fixtures/; it ships with the repo, so a missing one is an error, never a skip."""
+    path = FIXTURES_DIR.joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: tests/fixtures/ is part of the repository")
+    return path
+
+
+def ls_payload(name: str) -> dict:
+    """The JSON body of a request Label Studio 1.23.2 sent to a backend, as recorded
+    (tests/fixtures/label-studio-1.23.2/<name>, e.g. "setup_1.json")."""
+    recorded = json.loads(fixture_path(f"label-studio-{LABEL_STUDIO_VERSION}", name).read_text(encoding="utf-8"))
+    return recorded["body"]
+
+
 def shared_path(*parts: str) -> Path:
-    """A path under ../shared; skip the test if it is absent, except under CI where that is a failure."""
+    """A path under ../shared (datasets); skip the test if it is absent, except under CI where that is a failure."""
     path = SHARED_DIR.joinpath(*parts)
     if not path.exists():
         if os.environ.get("CI") == "true":
@@ -59,6 +77,9 @@ class KeywordRuntime(LLMRuntime):
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         return [ord(ch) for ch in text]
+
+    def detokenize(self, tokens) -> str:
+        return "".join(chr(t) for t in tokens)
 
     def prefix_tokens(self, prefix: str) -> list[int]:
         return [ord(ch) for ch in prefix]

@@ -1,6 +1,6 @@
 """An in-memory Label Studio project with the interface of `ml_backend.ls_client.ProjectClient`.
 
-Unit tests inject it through `JobContext.client_factory`, so the pre-annotation job's rules
+Unit tests inject it through `build_services(client_factory=...)`, so the pre-annotation job's rules
 (dedupe, stand-ins, first page, resume) run in milliseconds; the real client is exercised
 against a real Label Studio in tests/integration/.
 """

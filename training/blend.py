@@ -107,7 +107,7 @@ def fit_blend_weights(llm_probabilities: np.ndarray, slm_probabilities: np.ndarr
 
 
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 10) -> float:
-    from training.evaluate import expected_calibration_error as ece
+    from ml_backend.metrics import expected_calibration_error as ece
 
     return ece(confidence, correct, n_bins)
 

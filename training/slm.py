@@ -173,7 +173,7 @@ class SLMClassifier:
         return out
 
     def _human_metrics(self, human: np.ndarray) -> dict[str, float]:
-        from training.evaluate import accuracy, expected_calibration_error
+        from ml_backend.metrics import accuracy, expected_calibration_error
 
         rows = human >= 0
         if not rows.any():

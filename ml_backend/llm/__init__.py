@@ -1,4 +1,8 @@
-"""LLM runtimes behind one interface (`LLMRuntime`), chosen by settings."""
+"""LLM runtimes behind one token-level interface (`LLMRuntime`), chosen by settings.
+
+Callers outside this package use the text-level `provider.LLMProvider`; a loaded runtime becomes
+one with `provider.as_provider(runtime)` (what `predictor.LabelScorer` does with a runtime).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The one interface every LLM runtime implements: score token continuations.
+"""The token-level interface of the in-process runtimes: score token continuations.
+
+Callers outside `ml_backend.llm` do not use it: they talk to an `LLMProvider` in text
+(`ml_backend.llm.provider`), and `RuntimeProvider` turns their strings into the token lists below.
 
 Label scoring never samples text. For each task, a runtime evaluates
 
@@ -77,6 +80,10 @@ class LLMRuntime(ABC):
     @abstractmethod
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         """Tokens of `text` without BOS; `special=False` for user text (no control-token injection)."""
+
+    @abstractmethod
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of user-text tokens (the inverse of `tokenize(special=False)`, as far as it goes)."""
 
     @abstractmethod
     def prefix_tokens(self, prefix: str) -> list[int]:

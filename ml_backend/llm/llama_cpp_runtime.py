@@ -18,6 +18,7 @@ against T for merely reading the task (the benchmark's floor).
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -26,8 +27,13 @@ import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp._logger import set_verbose as set_llama_log_verbosity
 
-from ml_backend.llm.base import ContinuationTrie, LLMRuntime, ProgressCallback, cut_at_stop, log_sum_exp
-from ml_backend.llm.priority import PriorityLock
+from ml_backend.llm.base import (
+    ContinuationTrie,
+    LLMRuntime,
+    ProgressCallback,
+    cut_at_stop,
+    log_sum_exp,
+)
 from ml_backend.llm.prompts import ChatFormat
 
 log = logging.getLogger(__name__)
@@ -36,9 +42,9 @@ log = logging.getLogger(__name__)
 class LlamaCppRuntime(LLMRuntime):
     """Loads a GGUF once per process; thread-safe (one task's forward pass at a time).
 
-    The context is locked per task, not per call, with a `PriorityLock`: a background
-    caller (the bulk job, inside `priority.background_work()`) lets a waiting interactive
-    `/predict` go first between two tasks.
+    The context is locked per task, not per call. Priority (an interactive `/predict` before
+    the bulk job's next task) is the provider layer's: `ml_backend.llm.provider.LLMProvider`
+    scores one task per hold of the model's `PriorityLock`, so this plain lock is uncontended then.
     """
 
     def __init__(self, model_path: Path, *, n_ctx: int = 2048, n_threads: int = 2, name: str | None = None):
@@ -69,7 +75,7 @@ class LlamaCppRuntime(LLMRuntime):
         self._n_vocab = self._model.n_vocab()
         self._batch = internals.LlamaBatch(n_tokens=n_ctx, embd=0, n_seq_max=self._max_sequences, verbose=False)
         self._cached_prefix: list[int] = []
-        self._lock = PriorityLock()
+        self._lock = threading.Lock()
         metadata = self._model.metadata()
         self._chat_format = ChatFormat(
             template=metadata.get("tokenizer.chat_template"),
@@ -88,6 +94,11 @@ class LlamaCppRuntime(LLMRuntime):
         if not text:
             return []
         return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        if not tokens:
+            return ""
+        return self._model.detokenize(list(tokens), special=False).decode("utf-8", errors="ignore")
 
     def prefix_tokens(self, prefix: str) -> list[int]:
         return self._model.tokenize(prefix.encode("utf-8"), add_bos=True, special=True)

@@ -43,8 +43,8 @@ class TransformersRuntime(LLMRuntime):
             eos_token=self.tokenizer.eos_token or "",
         )
         self._lock = threading.Lock()
-        self._cache_key: tuple | None = None
-        self._cache = None
+        self._cache_prefix: tuple[int, ...] | None = None
+        self._caches: dict[int, object] = {}  # rows → the prefix's KV cache replicated over that many rows
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         if not text:
@@ -52,6 +52,9 @@ class TransformersRuntime(LLMRuntime):
         return list(
             self.tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
         )
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=False) if tokens else ""
 
     def prefix_tokens(self, prefix: str) -> list[int]:
         bos = self.tokenizer.bos_token
@@ -63,15 +66,21 @@ class TransformersRuntime(LLMRuntime):
         return self._chat_format
 
     def _prefix_cache(self, prefix: Sequence[int], rows: int):
-        """The prefix's KV cache replicated over `rows` batch rows (reused while the prefix is unchanged)."""
-        key = (tuple(prefix), rows)
-        if self._cache_key != key:
+        """The prefix's KV cache replicated over `rows` batch rows (reused while the prefix is unchanged).
+
+        One cache per row count: with more than CONTINUATIONS_PER_FORWARD continuations a task
+        needs a full group and a smaller last one, and tasks are scored one call each.
+        """
+        key = tuple(prefix)
+        if self._cache_prefix != key:
+            self._caches = {}
+            self._cache_prefix = key
+        if rows not in self._caches:
             torch = self._torch
             input_ids = torch.tensor([list(prefix)] * rows, device=self.device)
             with torch.no_grad():
-                self._cache = self.model(input_ids=input_ids, use_cache=True).past_key_values
-            self._cache_key = key
-        return self._cache
+                self._caches[rows] = self.model(input_ids=input_ids, use_cache=True).past_key_values
+        return self._caches[rows]
 
     def score_continuations(
         self,

@@ -6,10 +6,11 @@ For each task text of one `<Labels>` target:
    pairs → `Proposal`s (`ml_backend.ner.prompts.parse_proposals`).
 2. **Align** (`ml_backend.ner.alignment.align_proposals`): surface texts → code-point spans of
    the original text; proposals that do not occur are dropped.
-3. **Score** (`score_spans`): one `score_continuations` call per task whose continuations are,
-   for every distinct aligned surface s and every choice c in labels + ["none"],
-   `question(s) + answer_lead + c + answer_end[0]`, plus `any-entity question + yes/no`. The
-   prefix tree shares each question among its choices; everything is one batched decode.
+3. **Score** (`score_spans`): one `LLMProvider.score_labels` call per task whose continuations
+   are, for every distinct aligned surface s and every choice c in labels + ["none"],
+   `question(s) + answer_lead + c` + the first token of `answer_end`, plus `any-entity question
+   + yes/no`. In-process, the prefix tree shares each question among its choices; everything is
+   one batched decode.
    `label_probabilities` normalizes over the L+1 choices per span.
 4. **Decide** (`decide`): policy "proposed" (default) keeps the label the model generated and
    scores it: region score = P(that label | span) among labels + none. Policy "scored" always takes the argmax and drops spans where "none" wins. On the shared
@@ -25,12 +26,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
 from ml_backend.label_config import Target
 from ml_backend.llm.base import LLMRuntime
+from ml_backend.llm.provider import Continuation, LLMProvider, as_provider
 from ml_backend.ner.alignment import Proposal, Span, align_proposals
 from ml_backend.ner.prompts import (
     ANSWER_STOP,
@@ -42,10 +44,8 @@ from ml_backend.ner.prompts import (
     parse_proposals,
     span_question,
 )
+from ml_backend.prediction_options import PredictionOptions, ProviderWithOptions
 from ml_backend.scoring import label_probabilities, yes_probabilities
-
-if TYPE_CHECKING:  # predictor imports this module
-    from ml_backend.predictor import LabelScorer
 
 log = logging.getLogger(__name__)
 
@@ -119,27 +119,46 @@ def decide(
 
 
 class NerExtractor:
-    """Pre-annotates one `<Labels>` target with the runtime, options and truncation of a `LabelScorer`."""
+    """Pre-annotates one `<Labels>` target through an `LLMProvider` (text in, log-probabilities out).
 
-    def __init__(self, scorer: LabelScorer, *, policy: LabelPolicy = "proposed") -> None:
-        self.runtime: LLMRuntime = scorer.runtime
-        self.options = scorer.options
-        self.task_tokens = scorer.task_tokens  # same truncation (MAX_TEXT_TOKENS) as classification
+    `model`: a `predictor.LabelScorer` (its provider and options), an `LLMProvider` or an
+    in-process `LLMRuntime`; `options` applies to the latter two (default `PredictionOptions()`).
+    """
+
+    def __init__(
+        self,
+        model: ProviderWithOptions | LLMProvider | LLMRuntime,
+        options: PredictionOptions | None = None,
+        *,
+        policy: LabelPolicy = "proposed",
+    ) -> None:
+        if isinstance(model, (LLMProvider, LLMRuntime)):
+            self.provider = as_provider(model)
+            self.options = options or PredictionOptions()
+        else:
+            self.provider = model.provider
+            self.options = options or model.options
         self.policy = policy
+
+    def task_text(self, text: str) -> str:
+        """Same truncation (MAX_TEXT_TOKENS) as classification."""
+        return self.provider.truncate(text, self.options.max_text_tokens)
 
     # --- 1. propose -------------------------------------------------------------------------
     def propose(
         self, target: Target, texts: Sequence[str], *, demonstrations: Sequence[NerDemonstration] = ()
     ) -> list[list[Proposal]]:
         prompt = build_extraction_prompt(
-            self.runtime.chat_format, target, instruction=self.options.instruction, demonstrations=demonstrations
+            self.provider.chat_format, target, instruction=self.options.instruction, demonstrations=demonstrations
         )
-        prefix = self.runtime.prefix_tokens(prompt.prefix)
-        suffix = self.runtime.tokenize(prompt.suffix, special=True)
         proposals = []
         for text in texts:
-            generated = self.runtime.generate(
-                prefix, self.task_tokens(text), suffix, max_tokens=self.options.ner_max_new_tokens, stop=[ANSWER_STOP]
+            generated = self.provider.generate(
+                prompt.prefix,
+                self.task_text(text),
+                prompt.suffix,
+                max_tokens=self.options.ner_max_new_tokens,
+                stop=[ANSWER_STOP],
             )
             proposals.append(parse_proposals(generated, target))
         return proposals
@@ -149,20 +168,17 @@ class NerExtractor:
         self, target: Target, texts: Sequence[str], surfaces: Sequence[Sequence[str]]
     ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
         """Per text: {surface: probabilities over labels + none} and P(the text mentions an entity)."""
-        prompt = build_span_scoring_prompt(self.runtime.chat_format, target, instruction=self.options.instruction)
-        tokenize = self.runtime.tokenize
-        prefix = self.runtime.prefix_tokens(prompt.prefix)
-        end_tokens = tokenize(prompt.answer_end, special=True)[:1]
+        prompt = build_span_scoring_prompt(self.provider.chat_format, target, instruction=self.options.instruction)
         choices = [option.prompt_name for option in target.options] + [NONE_CHOICE]
-        yes_no = [tokenize(any_entity_question() + prompt.answer_lead + answer, special=True) for answer in ("yes", "no")]
+        yes_no = [Continuation(any_entity_question() + prompt.answer_lead, answer) for answer in ("yes", "no")]
         per_text, p_any = [], np.zeros(len(texts))
         for index, (text, text_surfaces) in enumerate(zip(texts, surfaces)):
             distinct = list(dict.fromkeys(text_surfaces))
             continuations = list(yes_no)
             for surface in distinct:
                 lead = span_question(surface) + prompt.answer_lead
-                continuations += [tokenize(lead + choice, special=True) + end_tokens for choice in choices]
-            logprobs = self.runtime.score_continuations(prefix, [self.task_tokens(text)], continuations)[0]
+                continuations += [Continuation(lead, choice, end=prompt.answer_end) for choice in choices]
+            logprobs = self.provider.score_labels(prompt.prefix, [self.task_text(text)], continuations)[0]
             p_any[index] = float(yes_probabilities(logprobs[None, :1], logprobs[None, 1:2])[0, 0])
             span_logprobs = logprobs[2:].reshape(len(distinct), len(choices)) if distinct else np.zeros((0, len(choices)))
             probabilities = label_probabilities(span_logprobs) if distinct else span_logprobs

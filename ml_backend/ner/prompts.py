@@ -7,7 +7,7 @@
 2. **Span scoring** (never generated): after the task text, for each aligned surface form the
    question `What type is "<surface>" in this text?` followed by each type name and `none`;
    plus one yes/no question "does the text mention any entity of these types?". All of them
-   are continuations of one task, scored in one batched pass (`LLMRuntime.score_continuations`).
+   are continuations of one task, scored in one call (`LLMProvider.score_labels`).
 
 Both system messages list the types with their `hint` definitions, in the config's order.
 """

@@ -9,9 +9,9 @@ halfway). No timing assertions: latency is measured in benchmarks/bench_bulk.py.
 from __future__ import annotations
 
 import os
-from functools import partial
 import time
 from collections import Counter
+from functools import partial
 
 import pytest
 import requests

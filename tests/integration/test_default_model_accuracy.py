@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from ml_backend.config import Settings
-from ml_backend.model import LLMBackend
-from ml_backend.model_store import ModelStore
+from ml_backend.wiring import build_services
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 
 pytestmark = pytest.mark.integration
@@ -30,13 +29,13 @@ CASES = [
 def test_default_model_accuracy_on_100_examples(llama_runtime, tmp_path, dataset, config_name, floor):
     rows = load_jsonl(shared_path("data", dataset, "test.jsonl"), limit=100)
     settings = Settings(model_dir=tmp_path, cold_start_tasks=50)  # defaults otherwise; 50 keeps CI short
-    backend = LLMBackend(settings, lambda: llama_runtime, ModelStore(tmp_path))
+    services = build_services(settings, runtime_loader=lambda: llama_runtime, preannotation=False)
     config = (LABELING_CONFIGS / config_name).read_text(encoding="utf-8")
-    backend.setup("1", config)
+    services.service.setup("1", config)
     tasks = [{"id": i, "data": {"text": row["text"]}} for i, row in enumerate(rows)]
-    backend.prepare_cold_start("1", tasks)  # reads the texts only, never the labels
+    services.round_one.run("1", tasks)  # reads the texts only, never the labels
 
-    predictions, _ = backend.predict(tasks, project="1")
+    predictions, _ = services.service.predict(tasks, project="1")
 
     predicted = [p["result"][0]["value"]["choices"][0] for p in predictions]
     accuracy = float(np.mean([p == row["label"] for p, row in zip(predicted, rows)]))

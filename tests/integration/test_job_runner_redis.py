@@ -18,13 +18,22 @@ def record_call(name, *, context):
     return name
 
 
+_worker_context: dict[str, JobContext] = {}
+
+
+def worker_entry(func_path, args, coalesce_key, job_id):
+    """What the rq worker runs: the composition root's role (`ml_backend.wiring.run_job`) for these tests."""
+    return run_job(func_path, args, coalesce_key, job_id, context=_worker_context["context"])
+
+
 @pytest.fixture
 def rq_context(redis_url, tmp_path):
     settings = Settings(model_dir=tmp_path, redis_url=redis_url, rq_queue=f"test-{time.time_ns()}", job_retries=0)
     kv = RedisKV.from_url(redis_url)
     kv.client.flushdb()
-    context = JobContext(settings=settings, kv=kv, backend=None)
-    context.runner = RqRunner(settings, kv)
+    context = JobContext(settings=settings, kv=kv)
+    context.runner = RqRunner(settings, kv, entry_point=f"{__name__}.worker_entry")
+    _worker_context["context"] = context
     return context
 
 
@@ -39,15 +48,11 @@ def test_at_most_one_queued_rq_job_per_key(rq_context):
     assert runner.job_status(first.job_id)["status"] == "queued"
 
 
-def test_a_real_rq_worker_runs_the_job_and_frees_the_key(rq_context, monkeypatch):
+def test_a_real_rq_worker_runs_the_job_and_frees_the_key(rq_context):
     from rq.worker import SimpleWorker
-
-    from ml_backend import jobs
 
     runner = rq_context.runner
     job = runner.enqueue(f"{__name__}.record_call", "a", coalesce_key="project:3")
-    # The worker builds its context from Settings(), as a separate worker process would.
-    monkeypatch.setattr(jobs, "get_context", lambda settings=None: rq_context)
     SimpleWorker([runner.queue], connection=runner.connection).work(burst=True)
     assert runner.job_status(job.job_id)["status"] == "finished"
     assert rq_context.kv.smembers("lsllm:test:calls") == {"a"}
@@ -84,7 +89,7 @@ def test_request_sets_merge_into_the_active_set(rq_context):
 def test_run_job_waits_for_the_running_lease(rq_context):
     kv = rq_context.kv
     settings = rq_context.settings.model_copy(update={"job_lease_s": 2, "job_timeout_s": 30})
-    context = JobContext(settings=settings, kv=kv, backend=None, runner=rq_context.runner)
+    context = JobContext(settings=settings, kv=kv, runner=rq_context.runner)
     kv.set("lsllm:running:project:9", "a-killed-job", ttl_s=1.5)  # its heartbeat died with it
     assert run_job(f"{__name__}.record_call", ["x"], "project:9", "job-2", context=context) == "x"
     assert kv.get("lsllm:running:project:9") is None  # taken after the dead job's lease expired, then released

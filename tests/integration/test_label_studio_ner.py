@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 
 from ml_backend.offsets import span_of_value
-from ml_backend.preannotate import is_stand_in_version
-from tests.integration.backend_status import versions_per_task, wait_for, wait_until_finished
+from ml_backend.versioning import is_stand_in_version
+from tests.integration.backend_status import (
+    versions_per_task,
+    wait_for,
+    wait_until_finished,
+)
 from tests.integration.conftest import require
 from tests.integration.ui import logged_in_page, require_chromium
 

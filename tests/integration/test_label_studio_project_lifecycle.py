@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from ml_backend.model_store import project_key_of
+from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 from tests.integration.backend_status import (
     is_finished,
     preannotation_status,
@@ -21,7 +22,6 @@ from tests.integration.backend_status import (
     wait_for,
     wait_until_finished,
 )
-from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 from tests.integration.services import backend_process
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ def test_a_reused_project_number_starts_fresh_and_is_pre_annotated(ls_client, ba
     donor = _connected_project(ls_client, backend_url, "donor")
     donor_version = wait_until_finished(backend_url, donor.id, timeout=900, what="donor pre-annotation")["model_version"]
     old_state = json.loads((store / f"project_{donor.id}" / key_ts(project_key(donor)) / "state.json").read_text())
-    assert old_state["extra"]["preannotate_triggered_version"] == donor_version
+    assert old_state["triggered_version"] == donor_version
     old_key = f"{project.id}.{int(project.created_at.timestamp()) - 86_400}"
     old_dir = store / f"project_{project.id}" / key_ts(old_key)
     old_dir.mkdir(parents=True)

@@ -12,8 +12,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.integration.backend_status import preannotation_status, versions_per_task
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
+from tests.integration.backend_status import preannotation_status, versions_per_task
 
 pytestmark = pytest.mark.integration
 

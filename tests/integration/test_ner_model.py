@@ -12,12 +12,12 @@ from __future__ import annotations
 import pytest
 
 from ml_backend.label_config import parse_label_config
+from ml_backend.metrics import ner_scores
 from ml_backend.ner.extractor import NerExtractor
 from ml_backend.ner.prompts import demonstrations_from_rows
 from ml_backend.offsets import span_value
 from ml_backend.predictor import LabelScorer, PredictionOptions
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
-from training.evaluate import ner_scores
 
 pytestmark = pytest.mark.integration
 

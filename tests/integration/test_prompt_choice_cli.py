@@ -8,9 +8,9 @@ import pytest
 
 from ml_backend.config import Settings
 from ml_backend.label_config import parse_label_config
-from ml_backend.model import LLMBackend
 from ml_backend.model_store import ModelStore
 from ml_backend.prompt_choice import stored_variant
+from ml_backend.wiring import build_services
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 from tests.integration.services import run_cli
 
@@ -21,8 +21,8 @@ def test_choose_prompt_scores_every_variant_and_keeps_the_best(tmp_path, model_c
     store_dir = tmp_path / "store"
     config = (LABELING_CONFIGS / "sentiment_en.xml").read_text(encoding="utf-8")
     settings = Settings(model_dir=store_dir, demonstrations=4, cold_start_tasks=20)  # as the CLI below
-    backend = LLMBackend(settings, lambda: None, ModelStore(store_dir))
-    before = backend.setup("11", config)  # what Label Studio's /setup does; no model needed
+    services = build_services(settings, runtime_loader=lambda: None, preannotation=False)
+    before = services.service.setup("11", config)  # what Label Studio's /setup does; no model needed
     rows = load_jsonl(shared_path("data", "sst2", "train.jsonl"), limit=20)
     gold = tmp_path / "dev.jsonl"
     gold.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
@@ -39,5 +39,5 @@ def test_choose_prompt_scores_every_variant_and_keeps_the_best(tmp_path, model_c
     state = ModelStore(store_dir).load("11")
     chosen = stored_variant(state)
     assert chosen is not None and f"chosen: {chosen['name']}" in result.stdout
-    assert backend.model_version(state, parse_label_config(config)) != before
+    assert services.profiles.version(state, parse_label_config(config)) != before
 

@@ -4,13 +4,9 @@ import json
 
 import pytest
 
-from tests.conftest import LABELING_CONFIGS, shared_path
+from tests.conftest import LABELING_CONFIGS, ls_payload
 
 SENTIMENT_EN = (LABELING_CONFIGS / "sentiment_en.xml").read_text()
-
-
-def recorded(name: str) -> dict:
-    return json.loads(shared_path("fixtures", "label-studio-1.23.2", name).read_text(encoding="utf-8"))["body"]
 
 
 def test_health(client):
@@ -21,16 +17,16 @@ def test_health(client):
 
 
 def test_recorded_setup_returns_a_model_version(client):
-    response = client.post("/setup", json=recorded("setup_1.json"))
+    response = client.post("/setup", json=ls_payload("setup_1.json"))
     assert response.status_code == 200
     version = response.json["model_version"]
     assert version.startswith("keyword") or "-v1" in version
     # stable: asking again gives the same version
-    assert client.post("/setup", json=recorded("setup_2.json")).json["model_version"] == version
+    assert client.post("/setup", json=ls_payload("setup_2.json")).json["model_version"] == version
 
 
 def test_recorded_predict_returns_one_prediction_per_task_in_order(client):
-    body = recorded("predict_1.json")
+    body = ls_payload("predict_1.json")
     response = client.post("/predict", json=body)
     assert response.status_code == 200
     results = response.json["results"]
@@ -103,9 +99,9 @@ def test_model_version_changes_with_instruction_and_config(client):
     ],
 )
 def test_every_recorded_webhook_is_accepted(client, name):
-    response = client.post("/webhook", json=recorded(name))
+    response = client.post("/webhook", json=ls_payload(name))
     assert response.status_code == 200
-    assert response.json["action"] == recorded(name)["action"]
+    assert response.json["action"] == ls_payload(name)["action"]
 
 
 def test_unknown_webhook_action_is_ignored_with_200(client):

@@ -1,7 +1,7 @@
 import numpy as np
 
-from training.demos import k_medoids, select_self_labeled_demos, text_vectors
-from training.prompt_selection import choose_variant, log_loss
+from ml_backend.demos import k_medoids, select_self_labeled_demos, text_vectors
+from ml_backend.prompt_variants import choose_variant, log_loss
 
 
 def test_k_medoids_picks_one_text_per_obvious_cluster():

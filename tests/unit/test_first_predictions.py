@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ml_backend.preannotate import PROVISIONAL_SUFFIX
+from ml_backend.app import services_of
+from ml_backend.versioning import PROVISIONAL_SUFFIX
 from tests.conftest import LABELING_CONFIGS
 from tests.fakes import FakeLabelStudio
 
@@ -38,29 +39,29 @@ def project(settings, keyword_runtime):
         ),
         runtime_loader=lambda: keyword_runtime,
     )
-    backend = app.extensions["llm_backend"]
+    services = services_of(app)
     fake = FakeLabelStudio.with_texts(_texts(N_TASKS))
-    backend.bulk.context.client_factory = lambda state: fake
+    services.client_factory = lambda state: fake
     statuses: list[dict] = []
-    original = backend.prepare_cold_start
+    original = services.round_one.run
 
     def observed_cold_start(project_id, tasks, *, on_progress=None):
         def recording(stage, done, total):
             on_progress(stage, done, total)
-            statuses.append(backend.bulk.status(project_id))
+            statuses.append(services.bulk.status(project_id))
 
         version = original(project_id, tasks, on_progress=recording)
         fake.events.append(("cold_start_done", version))
         return version
 
-    backend.prepare_cold_start = observed_cold_start
-    return app, backend, fake, statuses
+    services.round_one.run = observed_cold_start
+    return app, services, fake, statuses
 
 
 def _connect(app) -> str:
     client = app.test_client()
     version = client.post("/setup", json={"project": PROJECT, "schema": SENTIMENT_EN}).json["model_version"]
-    assert app.extensions["llm_backend"].bulk.context.runner.wait_idle(30)
+    assert services_of(app).runner.wait_idle(30)
     return version
 
 
@@ -77,9 +78,9 @@ def test_first_predictions_are_written_before_the_cold_start_ends(project):
 
 
 def test_every_task_ends_with_exactly_one_prediction_of_the_final_version(project):
-    app, backend, fake, _ = project
+    app, services, fake, _ = project
     connected_version = _connect(app)
-    status = backend.bulk.status(PROJECT)
+    status = services.bulk.status(PROJECT)
     final = status["model_version"]
     assert final != connected_version  # the cold start changed the version
     assert status["state"] == "done" and status["last_error"] is None
@@ -105,10 +106,10 @@ def test_cold_start_reports_its_stage_and_progress(project):
 
 
 def test_tasks_the_cold_start_scored_with_the_final_prompt_are_not_scored_again(project, keyword_runtime):
-    app, backend, _, _ = project
+    app, services, _, _ = project
     _connect(app)
     scored_rows = sum(call["n_tasks"] for call in keyword_runtime.calls)
-    scorer = next(iter(backend._scorers.values()))
+    (scorer,) = services.inference.scorers()
     assert scorer.memo_hits >= 40 + 10  # the cold start's sample (40) and the first page (pass 1)
     # first page 10 + demo pool (60 tasks → all 40 of the sample, first 10 remembered) + sample 40
     # + anchors + the 20 tasks outside the sample: never the sample a second time.
@@ -116,10 +117,10 @@ def test_tasks_the_cold_start_scored_with_the_final_prompt_are_not_scored_again(
 
 
 def test_a_rerun_after_a_crash_replaces_leftover_provisional_predictions(project):
-    app, backend, fake, _ = project
+    app, services, fake, _ = project
     # What a job killed after the first page leaves: provisional predictions on the first tasks.
     leftover = [{"task": t, "model_version": "old" + PROVISIONAL_SUFFIX, "result": [], "score": 0.5} for t in (1, 2)]
     fake.write_predictions(leftover)
     _connect(app)
-    final = backend.bulk.status(PROJECT)["model_version"]
+    final = services.bulk.status(PROJECT)["model_version"]
     assert fake.versions_per_task()[1] == [final] and fake.versions_per_task()[2] == [final]

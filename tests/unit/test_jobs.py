@@ -8,7 +8,13 @@ import time
 import pytest
 
 from ml_backend.config import Settings
-from ml_backend.jobs import InProcessRunner, JobContext, JobTimeout, check_deadline, run_job
+from ml_backend.jobs import (
+    InProcessRunner,
+    JobContext,
+    JobTimeout,
+    check_deadline,
+    run_job,
+)
 from ml_backend.kv import MemoryKV
 
 # Job functions are looked up by dotted path, as rq does: they live at module level, named
@@ -54,7 +60,7 @@ def _reset():
 def make_runner(tmp_path, **overrides) -> InProcessRunner:
     settings = Settings(model_dir=tmp_path, redis_url=None, job_retry_backoff_s=0, **overrides)
     kv = MemoryKV()
-    context = JobContext(settings=settings, kv=kv, backend=None)
+    context = JobContext(settings=settings, kv=kv)
     context.runner = InProcessRunner(settings, kv, context)
     return context.runner
 
@@ -110,7 +116,7 @@ def test_a_job_failing_every_retry_is_marked_failed_with_its_error(tmp_path):
 def test_a_job_past_its_timeout_stops_at_the_next_check(tmp_path):
     runner = make_runner(tmp_path, job_timeout_s=10)
     settings = runner.settings.model_copy(update={"job_timeout_s": 0})
-    context = JobContext(settings=settings, kv=runner.kv, backend=None, runner=runner)
+    context = JobContext(settings=settings, kv=runner.kv, runner=runner)
     with pytest.raises(JobTimeout):
         run_job(f"{__name__}.slow_loop_job", [], "k", "job-1", context=context)
     assert runner.running_job("k") is None  # the lease is released on failure

@@ -4,13 +4,13 @@ and what its UI can show of our answers: each rule with the exact payload that e
 from __future__ import annotations
 
 import copy
-import json
 import logging
 
 import pytest
 
-from ml_backend.preannotate import PENDING_SUFFIX
-from tests.conftest import LABELING_CONFIGS, shared_path
+from ml_backend.app import services_of
+from ml_backend.versioning import PENDING_SUFFIX
+from tests.conftest import LABELING_CONFIGS, ls_payload
 
 SENTIMENT_EN = (LABELING_CONFIGS / "sentiment_en.xml").read_text()
 TOPIC_EN = (LABELING_CONFIGS / "topic_en.xml").read_text()
@@ -20,13 +20,9 @@ IMAGE_CONFIG = (
 )
 
 
-def recorded(name: str) -> dict:
-    return json.loads(shared_path("fixtures", "label-studio-1.23.2", name).read_text(encoding="utf-8"))["body"]
-
-
 def _setup_body(extra_params, project="6.1795457094", schema=SENTIMENT_EN) -> dict:
     """The recorded /setup body, without the recorded Label Studio's URL and token (no call out)."""
-    body = {k: v for k, v in recorded("setup_1.json").items() if k not in ("hostname", "access_token")}
+    body = {k: v for k, v in ls_payload("setup_1.json").items() if k not in ("hostname", "access_token")}
     return {**body, "project": project, "schema": schema, "extra_params": extra_params}
 
 
@@ -97,9 +93,9 @@ def test_a_new_project_with_a_reused_number_is_pre_annotated_again(bulk_app):
     client = app.test_client()
     client.post("/setup", json=_setup_body(None, project="6.1795457094"))
     client.post("/setup", json=_setup_body(None, project="6.1795999999"))
-    runner = app.extensions["llm_backend"].bulk.context.runner
+    runner = services_of(app).runner
     assert runner.wait_idle(10)
-    assert sorted(job["args"][0] for job in runner._jobs.values()) == ["6.1795457094", "6.1795999999"]
+    assert sorted(job["args"][0] for job in runner.jobs()) == ["6.1795457094", "6.1795999999"]
 
 
 @pytest.mark.parametrize("project", ["None", "nan", "abc", "1e308", "<View/>", "9" * 100_000])
@@ -126,9 +122,9 @@ def test_status_of_a_non_numeric_project_is_a_400(bulk_app):
 def test_project_updated_with_a_new_config_refreshes_predictions_at_once(bulk_app):
     app = bulk_app()
     client = app.test_client()
-    body = recorded("webhook_project_updated_1.json")
+    body = ls_payload("webhook_project_updated_1.json")
     first = client.post("/setup", json=_setup_body(None, schema=body["project"]["label_config"])).json["model_version"]
-    runner = app.extensions["llm_backend"].bulk.context.runner
+    runner = services_of(app).runner
     assert runner.wait_idle(10)
     unchanged = client.post("/webhook", json=body).json
     assert unchanged["status"] == "ignored"
@@ -140,15 +136,15 @@ def test_project_updated_with_a_new_config_refreshes_predictions_at_once(bulk_ap
     answer = client.post("/webhook", json=edited).json
     assert answer["status"] == "config_updated" and answer["model_version"] != first
     assert runner.wait_idle(10)
-    reasons = [job["args"][0] for job in runner._jobs.values()]
+    reasons = [job["args"][0] for job in runner.jobs()]
     assert reasons == ["6.1795457094", "6.1795457094"]  # the connection's job, then the refresh
     # the next /setup (Label Studio sends the new config too) starts nothing more
     client.post("/setup", json=_setup_body(None, schema=edited["project"]["label_config"]))
-    assert runner.wait_idle(10) and len(runner._jobs) == 2
+    assert runner.wait_idle(10) and len(runner.jobs()) == 2
 
 
 def test_project_updated_for_a_project_not_connected_here_is_ignored(client):
-    answer = client.post("/webhook", json=recorded("webhook_project_updated_2.json")).json
+    answer = client.post("/webhook", json=ls_payload("webhook_project_updated_2.json")).json
     assert answer["status"] == "ignored"
 
 
@@ -160,22 +156,22 @@ def test_after_the_cold_start_the_next_setup_starts_no_second_job(settings, keyw
         runtime_loader=lambda: keyword_runtime,
     )
     client = app.test_client()
-    backend = app.extensions["llm_backend"]
+    services = services_of(app)
+    runner = services.runner
     first = client.post("/setup", json=_setup_body(None)).json["model_version"]
-    assert backend.bulk.context.runner.wait_idle(10)
-    texts = ["positive day", "negative day", "positive news", "negative news"] * 3
-    new_version = backend.prepare_cold_start("6.1795457094", [{"data": {"text": t}} for t in texts])
-    assert new_version != first
-    runner = backend.bulk.context.runner
     assert runner.wait_idle(10)
-    jobs_before = len(runner._jobs)
+    texts = ["positive day", "negative day", "positive news", "negative news"] * 3
+    new_version = services.round_one.run("6.1795457094", [{"data": {"text": t}} for t in texts])
+    assert new_version != first
+    assert runner.wait_idle(10)
+    jobs_before = len(runner.jobs())
     assert client.post("/setup", json=_setup_body(None)).json["model_version"] == new_version
-    assert runner.wait_idle(10) and len(runner._jobs) == jobs_before
+    assert runner.wait_idle(10) and len(runner.jobs()) == jobs_before
 
 
 # --- 7. Start Training and the status -----------------------------------------------------------------
 def test_start_training_answers_at_once_with_a_job_and_says_why_nothing_trains(client):
-    answer = client.post("/webhook", json=recorded("webhook_start_training_1.json"))
+    answer = client.post("/webhook", json=ls_payload("webhook_start_training_1.json"))
     assert answer.status_code == 200
     assert "job" in answer.json
     assert answer.json["status"] == "not_implemented" and "not implemented" in answer.json["reason"]
@@ -184,7 +180,7 @@ def test_start_training_answers_at_once_with_a_job_and_says_why_nothing_trains(c
 def test_status_shows_iso_timestamps(bulk_app):
     client = bulk_app().test_client()
     client.post("/setup", json=_setup_body(None))
-    runner = client.application.extensions["llm_backend"].bulk.context.runner
+    runner = services_of(client.application).runner
     assert runner.wait_idle(10)
     status = client.get("/preannotate/status?project=6").json
     assert status["state"] == "failed"  # no Label Studio here; the point is the shape

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from ml_backend.label_config import parse_label_config
+from ml_backend.llm.prompts import ChatFormat
 from ml_backend.ner.alignment import Span
 from ml_backend.ner.extractor import decide, task_part_score
 from ml_backend.ner.prompts import (
@@ -17,9 +16,7 @@ from ml_backend.ner.prompts import (
     parse_proposals,
 )
 from ml_backend.offsets import span_of_value
-from tests.conftest import LABELING_CONFIGS, QWEN_LIKE_TEMPLATE, shared_path
-
-from ml_backend.llm.prompts import ChatFormat
+from tests.conftest import LABELING_CONFIGS, QWEN_LIKE_TEMPLATE, ls_payload
 
 NER_PER_LOC = (
     '<View><Labels name="label" toName="text"><Label value="PER"/><Label value="LOC"/></Labels>'
@@ -28,12 +25,8 @@ NER_PER_LOC = (
 PER_LOC = parse_label_config(NER_PER_LOC).span_targets[0]
 
 
-def recorded(name: str) -> dict:
-    return json.loads(shared_path("fixtures", "label-studio-1.23.2", name).read_text(encoding="utf-8"))["body"]
-
-
 def test_recorded_ner_request_gets_spans_where_label_studio_draws_them(client):
-    body = recorded("predict_3.json")  # text "😀𠮷 李明在北京工作"
+    body = ls_payload("predict_3.json")  # text "😀𠮷 李明在北京工作"
     response = client.post("/predict", json=body)
     assert response.status_code == 200
     (prediction,) = response.json["results"]

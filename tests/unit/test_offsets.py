@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,7 +15,7 @@ from ml_backend.offsets import (
     to_label_studio,
     utf16_to_codepoint,
 )
-from tests.conftest import shared_path
+from tests.conftest import ls_payload
 
 EMOJI_CJK = "😀𠮷 李明在北京工作"  # the text Label Studio 1.23.2 was recorded with
 
@@ -30,9 +28,7 @@ def test_emoji_and_extension_b_before_an_entity_are_one_offset_each():
 
 
 def test_recorded_annotation_reads_back_to_the_selected_characters():
-    body = json.loads(
-        shared_path("fixtures", "label-studio-1.23.2", "webhook_annotation_created_2.json").read_text(encoding="utf-8")
-    )["body"]
+    body = ls_payload("webhook_annotation_created_2.json")
     text = body["task"]["data"]["text"]
     spans = spans_of_result(text, body["annotation"]["result"])
     assert [(text[s:e], labels) for s, e, labels in spans] == [("李明", ["PER"]), ("北京", ["LOC"])]

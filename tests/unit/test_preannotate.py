@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from ml_backend.app import services_of
 from ml_backend.ls_client import TaskRecord
-from ml_backend.preannotate import PENDING_SUFFIX, select_tasks
+from ml_backend.preannotate import select_tasks
 from ml_backend.progress import rate_and_eta
+from ml_backend.versioning import PENDING_SUFFIX
 from tests.conftest import LABELING_CONFIGS
 
 SENTIMENT_EN = (LABELING_CONFIGS / "sentiment_en.xml").read_text()
@@ -38,7 +40,7 @@ def test_overflow_is_handed_to_the_job_which_reports_why_it_cannot_run(bulk_app)
     client = app.test_client()
     _setup(client)
     client.post("/predict", json={"tasks": [{"id": 5, "data": {"text": "x"}}], "project": "7.1795457094"})
-    runner = app.extensions["llm_backend"].bulk.context.runner
+    runner = services_of(app).runner
     assert runner.wait_idle(10)
     status = client.get("/preannotate/status?project=7").json
     assert status["state"] == "failed"
@@ -60,7 +62,7 @@ def test_job_results_are_served_from_the_cache_without_scoring(bulk_app, keyword
     version = _setup(client)
     cached = {"result": [{"from_name": "sentiment", "to_name": "text", "type": "choices",
                           "value": {"choices": ["negative"]}}], "score": 0.42, "model_version": version}
-    app.extensions["llm_backend"].bulk.cache.put("7.1795457094", version, {21: cached})
+    services_of(app).bulk.cache.put("7.1795457094", version, {21: cached})
     keyword_runtime.calls.clear()
     results = client.post(
         "/predict", json={"tasks": [{"id": 21, "data": {"text": "positive"}}], "project": "7.1795457094"}
@@ -74,9 +76,9 @@ def test_first_setup_of_a_project_queues_preannotation_once_per_version(bulk_app
     client = app.test_client()
     _setup(client, "8.1")
     _setup(client, "8.1")  # Label Studio calls /setup again and again: no new job
-    runner = app.extensions["llm_backend"].bulk.context.runner
+    runner = services_of(app).runner
     assert runner.wait_idle(10)
-    assert len(runner._jobs) == 1
+    assert len(runner.jobs()) == 1
 
 
 def test_explicit_trigger_needs_a_connected_project(bulk_app):

@@ -6,11 +6,10 @@ import pytest
 
 from ml_backend.config import Settings
 from ml_backend.errors import BadRequest
-from ml_backend.model import LLMBackend
-from ml_backend.model_store import ModelStore
-from ml_backend.predictor import ColdStart, LabelScorer, PredictionOptions
-from ml_backend.prompt_choice import PROMPT_VARIANT_KEY, stored_variant, variant_cold_start
 from ml_backend.llm.prompts import Demonstration
+from ml_backend.predictor import ColdStart, LabelScorer, PredictionOptions
+from ml_backend.prompt_choice import stored_variant, variant_cold_start
+from ml_backend.wiring import build_services
 from tests.conftest import LABELING_CONFIGS
 
 SENTIMENT_EN = (LABELING_CONFIGS / "sentiment_en.xml").read_text()
@@ -19,46 +18,46 @@ DEV = [(f"so positive, item {i}", "positive") if i % 2 else (f"negative remark {
 
 
 @pytest.fixture
-def backend(tmp_path, keyword_runtime):
+def services(tmp_path, keyword_runtime):
     settings = Settings(model_dir=tmp_path, demonstrations=2, bias_calibration="prior_matching", cold_start_tasks=10)
-    return LLMBackend(settings, lambda: keyword_runtime, ModelStore(tmp_path))
+    return build_services(settings, runtime_loader=lambda: keyword_runtime, preannotation=False)
 
 
-def test_choice_is_stored_changes_the_version_and_drives_predictions(backend):
-    before = backend.setup("3.1", SENTIMENT_EN)
-    report = backend.choose_prompt("3", [t for t, _ in DEV], [l for _, l in DEV])
+def test_choice_is_stored_changes_the_version_and_drives_predictions(services):
+    before = services.service.setup("3.1", SENTIMENT_EN)
+    report = services.prompt_tuning.choose("3", [t for t, _ in DEV], [l for _, l in DEV])
     assert report["chosen"] in report["log_loss"]
     assert report["log_loss"][report["chosen"]] == min(report["log_loss"].values())
     assert len(report["log_loss"]) == 8  # every default variant was scored
     assert report["model_version"] != before
-    state = backend.store.load("3")
+    state = services.store.load("3")
     variant = stored_variant(state)
     assert variant["name"] == report["chosen"]
-    options = backend.options_for(state)
+    options = services.profiles.options(state)
     assert (options.scoring_mode, options.bias_calibration, options.use_hints) == (
         variant["scoring_mode"], variant["bias_calibration"], variant["use_hints"]
     )
-    predictions, version = backend.predict([{"data": {"text": "positive positive"}}], project="3.1")
+    predictions, version = services.service.predict([{"data": {"text": "positive positive"}}], project="3.1")
     assert version == report["model_version"]
     assert predictions[0]["result"][0]["value"]["choices"] == ["positive"]
 
 
-def test_a_new_config_drops_the_choice(backend):
-    backend.setup("4.1", SENTIMENT_EN)
-    backend.choose_prompt("4", [t for t, _ in DEV], [l for _, l in DEV])
-    backend.setup("4.1", SENTIMENT_EN.replace('value="negative"', 'value="negative"/><Choice value="mixed"', 1))
-    state = backend.store.load("4")
-    assert PROMPT_VARIANT_KEY in state.extra and stored_variant(state) is None
+def test_a_new_config_drops_the_choice(services):
+    services.service.setup("4.1", SENTIMENT_EN)
+    services.prompt_tuning.choose("4", [t for t, _ in DEV], [l for _, l in DEV])
+    services.service.setup("4.1", SENTIMENT_EN.replace('value="negative"', 'value="negative"/><Choice value="mixed"', 1))
+    state = services.store.load("4")
+    assert state.prompt_variant and stored_variant(state) is None
 
 
-def test_bad_dev_sets_are_refused_with_a_reason(backend):
-    backend.setup("5.1", SENTIMENT_EN)
+def test_bad_dev_sets_are_refused_with_a_reason(services):
+    services.service.setup("5.1", SENTIMENT_EN)
     with pytest.raises(BadRequest, match="Labels not in"):
-        backend.choose_prompt("5", [t for t, _ in DEV], ["great"] * len(DEV))
+        services.prompt_tuning.choose("5", [t for t, _ in DEV], ["great"] * len(DEV))
     with pytest.raises(BadRequest, match="at least 10"):
-        backend.choose_prompt("5", ["a", "b"], ["positive", "negative"])
+        services.prompt_tuning.choose("5", ["a", "b"], ["positive", "negative"])
     with pytest.raises(BadRequest, match="named 'nope'"):
-        backend.choose_prompt("5", [t for t, _ in DEV], [l for _, l in DEV], target_name="nope")
+        services.prompt_tuning.choose("5", [t for t, _ in DEV], [l for _, l in DEV], target_name="nope")
 
 
 def test_variant_uses_its_number_of_demos_and_its_own_bias():

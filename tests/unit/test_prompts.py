@@ -51,10 +51,14 @@ def test_end_of_answer_is_scored_only_where_a_label_starts_another(keyword_runti
     end = keyword_runtime.tokenize("<|im_end|>", special=True)[:1]
 
     distinct = _single_choice(["World", "Sports"])
-    lead_and_labels = scorer.continuations(distinct, scorer.prompt(distinct))
-    assert all(tokens[-1] != end[0] for tokens in lead_and_labels)
-    assert "".join(map(chr, lead_and_labels[1])).endswith("Sports")
+    lead_and_labels = scorer.label_continuations(distinct, scorer.prompt(distinct))
+    assert all(c.end == "" for c in lead_and_labels)
+    assert lead_and_labels[1].text.endswith("Sports")
+    as_tokens = scorer.continuations(distinct, scorer.prompt(distinct))  # the runtime's view
+    assert all(tokens[-1] != end[0] for tokens in as_tokens)
+    assert "".join(map(chr, as_tokens[1])).endswith("Sports")
 
     nested = _single_choice(["Sci", "Sci/Tech"])
-    with_end = scorer.continuations(nested, scorer.prompt(nested))
-    assert all(tokens[-1] == end[0] for tokens in with_end)
+    with_end = scorer.label_continuations(nested, scorer.prompt(nested))
+    assert all(c.end.startswith("<|im_end|>") for c in with_end)
+    assert all(tokens[-1] == end[0] for tokens in scorer.continuations(nested, scorer.prompt(nested)))

