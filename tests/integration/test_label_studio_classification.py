@@ -7,6 +7,7 @@ import time
 import pytest
 
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
+from tests.integration.backend_status import wait_until_finished
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +40,8 @@ def test_label_studio_retrieves_and_stores_predictions(ls_client, backend_server
         predictions = _stored_predictions(ls_client, project.id)
 
     assert _settled(predictions, len(rows)), "every task ends with exactly one real prediction"
+    # The job sets the project's version in its last step, after its last write: wait for it.
+    wait_until_finished(backend_server, project.id, timeout=600, what="the import's pre-annotation job")
     expected_version = ls_client.projects.get(id=project.id).model_version  # set by the backend's job
     assert expected_version
     assert {p.model_version for p in predictions} == {expected_version}
