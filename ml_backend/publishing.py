@@ -69,9 +69,11 @@ class Publisher:
             if outcome["trigger"]:
                 state.triggered_version = version
 
-        state = self.store.load(project_key)
-        if change is None and not (auto and state.triggered_version != self.profiles.version(state, spec)):
-            return self.profiles.version(state, spec)  # nothing to write: no lock, no disk write
+        if change is None:
+            state = self.store.load(project_key)
+            version = self.profiles.version(state, spec)
+            if not (auto and state.triggered_version != version):
+                return version  # nothing to write: no lock, no disk write
         self.store.update(project_key, apply)
         version = outcome["version"]
         if outcome["trigger"]:
