@@ -42,7 +42,7 @@ label-studio: $(LS_VENV)/.installed
 # installed) into $${SLM_ENCODER_DIR:-$${CACHE_DIR:-~/.cache/ls-llm-backend}/encoders}, both hashes verified.
 # A no-op when it is there (~1 min and 1.2 GB the first time).
 encoders: install
-	$(VENV)/bin/python -m training.encoders prepare
+	$(VENV)/bin/python -m ml_backend.encoders prepare
 
 run: install
 	PORT=$(PORT) $(VENV)/bin/gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app

@@ -48,7 +48,7 @@ from benchmarks.slm_data import (  # noqa: E402
 )
 from ml_backend.metrics import auroc, balanced_accuracy, expected_calibration_error  # noqa: E402
 from training.blend import BlendOptions, LLMSLMBlend  # noqa: E402
-from training.encoders import EmbeddingCache, embed_texts  # noqa: E402
+from ml_backend.encoders import EmbeddingCache, embed_texts  # noqa: E402
 from training.slm import SLMClassifier  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def run_dataset(dataset: str, args, encoder) -> tuple[list[dict], list[dict], di
     llm_keys = set(LLMCache(llm_path(args.cache_dir, dataset)).rows)
     if not args.encode_missing:  # use the texts both caches hold (a prefix of each split)
         texts_all, _, _ = texts_and_gold(dataset, asked_train, asked_test)
-        from training.encoders import text_key
+        from ml_backend.encoders import text_key
 
         llm_keys &= {text_key(t) for t in texts_all if embeddings.contains(encoder.encoder_id, t)}
     n_train, n_test = available_prefix(dataset, asked_train, asked_test, llm_keys)
@@ -129,7 +129,7 @@ def run_dataset(dataset: str, args, encoder) -> tuple[list[dict], list[dict], di
                                                              gold_train[rows_h])
             served = blend.predict(llm_test, noisy.predict_proba(X_test))
             per_seed["(f) blend"].append({**quality(gold_test, served.probabilities, served.score),
-                                          "weights": list(blend.weights_), "calibration": blend.state()["calibration"],
+                                          "weights": list(blend.weights_), "calibration": blend.calibration()["method"],
                                           "llm_wrong_auroc": auroc(served.llm_wrong_probability,
                                                                    llm_test.argmax(1) != gold_test),
                                           "disagreement_rate": float(served.disagreement.mean())})
@@ -210,7 +210,7 @@ def main() -> None:
     args.sizes = {name: tuple(int(x) for x in size.split("/"))
                   for name, size in (item.split("=") for item in args.sizes.split(",") if item)}
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    from training.encoders import embeddinggemma_encoder_id, load_encoder
+    from ml_backend.encoders import embeddinggemma_encoder_id, load_encoder
 
     if args.encode_missing or args.encoder != "embeddinggemma":
         encoder = load_encoder(args.encoder)

@@ -95,7 +95,7 @@ def llm_stage(datasets: list[str], n_train: int, n_test: int, cache_dir: Path, t
     from ml_backend.llm.default_model import ensure_default_model
     from ml_backend.llm.llama_cpp_runtime import LlamaCppRuntime
     from ml_backend.predictor import LabelScorer, PredictionOptions
-    from training.encoders import text_key
+    from ml_backend.encoders import text_key
 
     runtime = LlamaCppRuntime(ensure_default_model(Settings().cache_dir), n_threads=threads)
     scorer = LabelScorer(runtime, PredictionOptions(bias_calibration="none", max_text_tokens=max_text_tokens))
@@ -129,7 +129,7 @@ def llm_stage(datasets: list[str], n_train: int, n_test: int, cache_dir: Path, t
 
 def available_prefix(dataset: str, n_train: int, n_test: int, keys: set[str]) -> tuple[int, int]:
     """The largest (train, test) prefixes, within the asked sizes, whose texts are all in ``keys``."""
-    from training.encoders import text_key
+    from ml_backend.encoders import text_key
 
     sizes = []
     for split, n in (("train", n_train), ("test", n_test)):
@@ -144,7 +144,7 @@ def available_prefix(dataset: str, n_train: int, n_test: int, keys: set[str]) ->
 
 def load_llm_raw(cache_dir: Path, dataset: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(raw distributions for ``texts``, bias anchors)."""
-    from training.encoders import text_key
+    from ml_backend.encoders import text_key
 
     cache = LLMCache(llm_path(cache_dir, dataset))
     return np.stack([cache.rows[text_key(t)] for t in texts]), cache.anchors
@@ -160,7 +160,7 @@ def load_llm(cache_dir: Path, dataset: str, texts: list[str]) -> np.ndarray:
 
 
 def embed_stage(datasets: list[str], n_train: int, n_test: int, cache_dir: Path, encoder_name: str) -> None:
-    from training.encoders import EmbeddingCache, EncodeStats, embed_texts, load_encoder
+    from ml_backend.encoders import EmbeddingCache, EncodeStats, embed_texts, load_encoder
 
     encoder = load_encoder(encoder_name)
     cache = EmbeddingCache(cache_dir / "embeddings")
@@ -179,7 +179,7 @@ def embed_stage(datasets: list[str], n_train: int, n_test: int, cache_dir: Path,
 
 
 def load_embeddings(cache_dir: Path, dataset: str, n_train: int, n_test: int, encoder) -> np.ndarray:
-    from training.encoders import EmbeddingCache, embed_texts
+    from ml_backend.encoders import EmbeddingCache, embed_texts
 
     texts, _, _ = texts_and_gold(dataset, n_train, n_test)
     return embed_texts(encoder, texts, EmbeddingCache(cache_dir / "embeddings"))

@@ -140,7 +140,8 @@ def train():
 
 @bp.get("/versions")
 def versions():
-    return jsonify({"versions": _backend().versions(request.args.get("project"))})
+    project = request.args.get("project")
+    return jsonify({"versions": _backend().versions(project), "slm_versions": _backend().slm_versions(project)})
 
 
 def _bulk():
@@ -174,5 +175,7 @@ def preannotate_status():
     """Progress of background pre-annotation: one project (?project=3) or all of them."""
     project_id = _backend().project_key(request.args.get("project"))
     if project_id:
-        return jsonify(_bulk().status(project_id))
+        retraining = _backend().retraining
+        training = retraining.status(project_id) if retraining is not None and _backend().store.exists(project_id) else None
+        return jsonify({**_bulk().status(project_id), "training": training})
     return jsonify({"projects": _bulk().all_status()})

@@ -5,6 +5,9 @@
     python -m ml_backend.cli new-version --project 3
     python -m ml_backend.cli cold-start --project 3
     python -m ml_backend.cli choose-prompt --project 3 --gold dev.jsonl
+    python -m ml_backend.cli train --project 3 [--here] [--wait]
+    python -m ml_backend.cli versions --project 3
+    python -m ml_backend.cli rollback --project 3 [--to slm-0002]
     python -m ml_backend.cli worker [--burst]
 
 Settings come from the environment, as for the server (REDIS_URL, MODEL_DIR, LABEL_STUDIO_URL, ...):
@@ -122,6 +125,65 @@ def _watch(context, project: str) -> int:
             time.sleep(1)
     finally:
         bar.close()
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    """Train the project's SLM now: queued for the workers (REDIS_URL), or here with a progress bar."""
+    from tqdm import tqdm
+
+    from ml_backend import keys
+    from ml_backend.jobs import new_job_id, run_job
+    from ml_backend.retraining import FORCE_EVENT, TRAIN_JOB, coalesce_key
+
+    project = _require_project(settings, str(args.project))
+    services = _services(settings)
+    if settings.redis_url and not args.here:
+        answer = services.retraining.start(project, reason="cli")
+        print(f"{'joined queued' if answer['coalesced'] else 'queued'} training job {answer['job']} for project {project}")
+        return _watch_training(services, project) if args.wait else 0
+    services.kv.sadd(keys.training_events(project), [f"{FORCE_EVENT}:{time.time_ns()}"])
+    bar = tqdm(total=0, unit="task", desc=f"project {project}", dynamic_ncols=True)
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        bar.set_description(f"project {project}: {stage}")
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        summary = run_job(TRAIN_JOB, [project], coalesce_key(project), new_job_id("cli-train"), context=services,
+                          job_kwargs={"on_progress": on_progress})
+    finally:
+        bar.close()
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0 if summary.get("status") in ("done", "skipped") else 1
+
+
+def _watch_training(services, project: str) -> int:
+    while True:
+        status = services.retraining.status(project)
+        if status.get("state") in ("done", "skipped", "failed"):
+            print(json.dumps(status, indent=2, ensure_ascii=False))
+            return 1 if status["state"] == "failed" else 0
+        time.sleep(2)
+
+
+def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
+    project = _require_project(settings, str(args.project))
+    services = _services(settings, preannotation=False)
+    print(json.dumps({"project": project, "model_versions": services.service.versions(project),
+                      "slm_versions": services.retraining.versions(project)}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    project = _require_project(settings, str(args.project))
+    services = _services(settings)
+    try:
+        slm_version, model_version = services.publisher.rollback_slm(project, args.to)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"project {project} now serves {slm_version} as {model_version}; every unlabeled task is re-annotated")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -280,6 +342,33 @@ def build_parser() -> argparse.ArgumentParser:
     choose.add_argument("--label-field", default="label", help="column holding the label value (default: label)")
     choose.add_argument("--target", help="from_name of the <Choices> block (default: the first single-choice one)")
     choose.set_defaults(func=cmd_choose_prompt)
+
+    train = commands.add_parser(
+        "train",
+        help="train the project's SLM on its annotations now (what Start Training does)",
+        description="Reads the project's tasks and annotations from Label Studio, trains the noisy-label SLM "
+        "on the LLM's labels plus the human ones, calibrates the blend's score on the human labels, and "
+        "publishes a new model version to every unlabeled task. With REDIS_URL it is queued for the workers "
+        "(coalesced with a queued run); without it, or with --here, it runs here with a progress bar.",
+    )
+    train.add_argument("--project", required=True, type=int)
+    train.add_argument("--here", action="store_true", help="run in this process even when REDIS_URL is set")
+    train.add_argument("--wait", action="store_true", help="with REDIS_URL: wait for the run and print its outcome")
+    train.set_defaults(func=cmd_train)
+
+    versions = commands.add_parser("versions", help="a project's model version and its trained SLM versions")
+    versions.add_argument("--project", required=True, type=int)
+    versions.set_defaults(func=cmd_versions)
+
+    rollback = commands.add_parser(
+        "rollback",
+        help="serve an earlier SLM version again (default: the one before the current)",
+        description="Switches the project to a kept SLM version (SLM_KEEP_VERSIONS are kept) under a new "
+        "model version, so Label Studio shows its predictions on every unlabeled task.",
+    )
+    rollback.add_argument("--project", required=True, type=int)
+    rollback.add_argument("--to", help="the SLM version to serve, e.g. slm-0002 (see `versions`)")
+    rollback.set_defaults(func=cmd_rollback)
 
     worker = commands.add_parser("worker", help="run an rq worker for the job queue (needs REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")

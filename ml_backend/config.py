@@ -143,15 +143,42 @@ class Settings(BaseSettings):
     )
     label_studio_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of Label Studio API calls.")
 
+    # --- Learning from annotations (the SLM loop) ----------------------------------------
+    training_auto: bool = Field(
+        True, description="Annotation webhooks start training; off: only Start Training / POST /train do."
+    )
+    train_min_new_annotations: int = Field(
+        10, ge=1, description="New, changed or deleted annotations that start a training run (Start Training: any)."
+    )
+    slm_encoder: Literal["embeddinggemma", "e5-small", "minilm"] = Field(
+        "embeddinggemma",
+        description="Frozen text encoder of the SLM: embeddinggemma (multilingual, Gemma Terms of Use), "
+        "e5-small (multilingual, MIT, light), minilm (English only, Apache-2.0).",
+    )
+    slm_encoder_dir: Path | None = Field(
+        None, description="Where `make encoders` assembled EmbeddingGemma (default: CACHE_DIR/encoders)."
+    )
+    slm_keep_versions: int = Field(3, ge=1, description="Trained SLM versions kept per project (rollback targets).")
+    llm_distribution_ttl_s: int = Field(
+        30 * 24 * 3600, ge=60,
+        description="How long the LLM's label distributions are kept for retraining (seconds).",
+    )
+
     # --- Storage, logging, auth ---------------------------------------------------
     model_dir: Path = Field(Path("model_store"), description="Per-project state (versions, calibration).")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "ls-llm-backend",
-        description="Where the embedded default GGUF is assembled once.",
+        description="Where the embedded default GGUF is assembled once (and encoders, embeddings).",
     )
     log_level: str = Field("INFO", description="Python log level.")
     basic_auth_user: str | None = Field(None, description="If set with BASIC_AUTH_PASS, require HTTP basic auth.")
     basic_auth_pass: str | None = Field(None, description="Password for BASIC_AUTH_USER.")
+
+    def encoder_dir(self) -> Path:
+        return self.slm_encoder_dir or self.cache_dir / "encoders"
+
+    def embedding_cache_dir(self) -> Path:
+        return self.cache_dir / "embeddings"
 
     @model_validator(mode="after")
     def _read_instruction_file(self) -> "Settings":

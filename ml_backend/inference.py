@@ -15,6 +15,7 @@ from typing import Any, Callable
 from ml_backend.llm.base import LLMRuntime
 from ml_backend.predictor import LabelScorer, PredictionOptions, predict_tasks
 from ml_backend.profile import ProjectProfile
+from ml_backend.refinement import Refinement
 
 # Raw label probabilities kept per scorer (a few KB each): enough for the cold start's sample.
 SCORER_MEMO_MIN_ROWS = 1024
@@ -23,8 +24,16 @@ TaskScorer = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
 class Inference:
-    def __init__(self, runtime_loader: Callable[[], LLMRuntime], *, memo_rows: int = SCORER_MEMO_MIN_ROWS) -> None:
+    def __init__(
+        self,
+        runtime_loader: Callable[[], LLMRuntime],
+        *,
+        memo_rows: int = SCORER_MEMO_MIN_ROWS,
+        refinement: Refinement | None = None,
+    ) -> None:
+        """`refinement`: the learning loop's hook (cached LLM distributions, the trained SLM's blend)."""
         self._runtime_loader = runtime_loader
+        self.refinement = refinement
         self._runtime: LLMRuntime | None = None
         self._runtime_lock = threading.Lock()
         self._scorers: dict[PredictionOptions, LabelScorer] = {}
@@ -61,11 +70,12 @@ class Inference:
     def task_scorer(self, profile: ProjectProfile) -> TaskScorer:
         """`tasks -> predictions` with the profile's options, cold-start results and version."""
         scorer = self.scorer(profile.options)
+        hook = self.refinement.hook(profile) if self.refinement is not None else None
 
         def score(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return predict_tasks(
                 scorer, profile.spec, tasks, model_version=profile.version, project_id=profile.key,
-                cold_start=profile.cold_start,
+                cold_start=profile.cold_start, hook=hook,
             )
 
         return score

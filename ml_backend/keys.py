@@ -48,3 +48,24 @@ def cached_predictions(project_key: str, model_version: str) -> str:
 def answered_by_predict(project_key: str, model_version: str) -> str:
     """Hash of task ids /predict answered (Label Studio stores those itself: the job skips them)."""
     return f"{KEY_PREFIX}answered:{project_key}:{model_version}"
+
+
+# --- the learning loop --------------------------------------------------------------------------------
+def llm_distributions(project_key: str, llm_version: str, from_name: str) -> str:
+    """Hash task id → the LLM's label distribution for one target (kept for retraining)."""
+    return f"{KEY_PREFIX}llm:{project_key}:{llm_version}:{from_name}"
+
+
+def training_events(project_key: str) -> str:
+    """Set of annotation events ("<action>:<annotation id>") since the last training run started."""
+    return f"{KEY_PREFIX}train:events:{project_key}"
+
+
+def training_active(project_key: str) -> str:
+    """The events the running training job took over (a killed job's leftovers count for the next)."""
+    return f"{KEY_PREFIX}train:active:{project_key}"
+
+
+def training_status(project_key: str) -> str:
+    """A project's training record (JSON): state, stage, progress, last version, last error."""
+    return f"{KEY_PREFIX}train:status:{project_key}"

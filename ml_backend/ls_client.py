@@ -38,6 +38,7 @@ class TaskRecord:
     labeled: bool
     model_versions: set[str] = field(default_factory=set)
     predictions: list[dict[str, Any]] = field(default_factory=list)  # {"id", "model_version"}
+    annotations: list[dict[str, Any]] = field(default_factory=list)  # only when asked for (training)
 
     def as_task(self) -> dict[str, Any]:
         return {"id": self.id, "data": self.data}
@@ -79,13 +80,17 @@ class ProjectClient:
         url, token = credentials(settings, state)
         return cls(url, token, ls_project_id(state.project_id), timeout_s=settings.label_studio_timeout_s)
 
-    def tasks(self, task_ids: Iterable[int] | None = None, *, page_size: int = 500) -> Iterator[TaskRecord]:
-        """The project's tasks (or the selected ones), with their predictions' versions."""
+    def tasks(
+        self, task_ids: Iterable[int] | None = None, *, page_size: int = 500, annotations: bool = False
+    ) -> Iterator[TaskRecord]:
+        """The project's tasks (or the selected ones), with their predictions' versions
+        (and, with `annotations`, every annotation: result, was_cancelled, ground_truth, updated_at)."""
         query = None
         if task_ids is not None:
             query = json.dumps({"selectedItems": {"all": False, "included": sorted(int(t) for t in task_ids)}})
+        include = TASK_FIELDS + (",annotations" if annotations else "")
         pager = self.sdk.tasks.list(
-            project=self.project_id, fields="all", include=TASK_FIELDS, page_size=page_size, query=query
+            project=self.project_id, fields="all", include=include, page_size=page_size, query=query
         )
         for task in pager:
             raw = task.dict() if hasattr(task, "dict") else dict(task)
@@ -100,6 +105,7 @@ class ProjectClient:
                 labeled=bool(raw.get("is_labeled")) or int(raw.get("total_annotations") or 0) > 0,
                 model_versions={p["model_version"] for p in predictions if p["model_version"]},
                 predictions=predictions,
+                annotations=[a for a in (raw.get("annotations") or []) if isinstance(a, dict)] if annotations else [],
             )
 
     def write_predictions(self, predictions: list[dict[str, Any]]) -> int:

@@ -59,6 +59,11 @@ class LLMBackend:
         self.bulk = bulk
 
     @property
+    def retraining(self):
+        """The learning loop's trigger and status (`ml_backend.retraining.Retraining`), or None."""
+        return self.webhooks.retraining
+
+    @property
     def model_loaded(self) -> bool:
         return self.inference.model_loaded
 
@@ -194,6 +199,13 @@ class LLMBackend:
         if not state.label_config:
             return []
         return [self.profiles.of_state(state).version]
+
+    def slm_versions(self, project: Any = None) -> list[dict[str, Any]]:
+        """The project's trained SLM versions with their metrics (empty before the first run)."""
+        project_key = self.project_key(project)
+        if project_key is None or self.retraining is None or not self.store.exists(project_key):
+            return []
+        return self.retraining.versions(project_key)
 
 
 def _project_of_tasks(tasks: list[dict[str, Any]]) -> Any:

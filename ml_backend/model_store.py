@@ -223,6 +223,10 @@ class ModelStore:
         folder = self.root / f"project_{re.sub(r'[^A-Za-z0-9_-]', '_', project_id)[:MAX_ID_DIGITS + 8]}"
         return (folder / created if created else folder) / "state.json"
 
+    def project_dir(self, project_key: str) -> Path:
+        """The folder of a project instance's files (its state, its trained SLM versions)."""
+        return self._path(self.resolve(project_key)).parent
+
     def resolve(self, project_key: str) -> str:
         """A bare id ("3") → the newest project instance of that number known here ("3.1795612540")."""
         if "." in project_key or not project_key.isdigit():

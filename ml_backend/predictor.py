@@ -20,7 +20,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -68,11 +68,35 @@ class ColdStart:
 
 
 @dataclass(frozen=True)
+class Refined:
+    """A classification target's served scores after the learning loop (LLM × SLM blend)."""
+
+    probabilities: np.ndarray  # (n, n_labels): the label shown is the argmax
+    scores: np.ndarray  # (n,) calibrated P(pre-annotation is right): the prediction's score
+    mislabeling: np.ndarray  # (n,) P(the LLM's own label is wrong): Label Studio's `mislabeling`
+
+
+class TargetHook(Protocol):
+    """What the learning loop adds around the LLM's scores of a classification target
+    (`ml_backend.refinement`): distributions remembered per task, and the trained SLM's blend."""
+
+    def known(self, target: Target, tasks: list[tuple[int, str]]) -> dict[int, np.ndarray]:
+        """LLM distributions already computed for these (task id, text) pairs."""
+
+    def record(self, target: Target, rows: list[tuple[int, str, np.ndarray]]) -> None:
+        """Remember freshly computed LLM distributions (task id, text, distribution)."""
+
+    def refine(self, target: Target, texts: list[str], llm_probabilities: np.ndarray) -> Refined | None:
+        """The served scores, or None where no trained model serves this target."""
+
+
+@dataclass(frozen=True)
 class TargetScores:
     """Per-label probabilities of one target for a list of texts (None = text missing)."""
 
     target: Target
     probabilities: list[np.ndarray | None]
+    refined: list[tuple[np.ndarray, float, float] | None] | None = None  # (probabilities, score, mislabeling)
 
 
 def task_text(task: dict[str, Any], target: Target) -> str | None:
@@ -84,6 +108,12 @@ def task_text(task: dict[str, Any], target: Target) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
     return value
+
+
+def target_text(task: dict[str, Any], target: Target) -> str | None:
+    """The text the LLM (and the SLM) read for a target: HyperText markup as plain text."""
+    text = task_text(task, target)
+    return html_to_text(text) if text is not None and target.object_tag == "HyperText" else text
 
 
 def html_to_text(markup: str) -> str:
@@ -288,27 +318,16 @@ def predict_tasks(
     project_id: str | None = None,
     cold_start: dict[str, ColdStart] | None = None,
     progress: ProgressCallback | None = None,
+    hook: TargetHook | None = None,
 ) -> list[dict[str, Any]]:
-    """One Label Studio prediction per task, same order; tasks without text get an empty result."""
-    per_target = []
-    for target in spec.classification_targets:
-        texts = [task_text(task, target) for task in tasks]
-        if target.object_tag == "HyperText":
-            texts = [html_to_text(t) if t is not None else None for t in texts]
-        present = [i for i, t in enumerate(texts) if t is not None]
-        probabilities: list[np.ndarray | None] = [None] * len(tasks)
-        if present:
-            learned = (cold_start or {}).get(target.from_name, ColdStart())
-            scored = scorer.probabilities(
-                target,
-                [texts[i] for i in present],
-                demonstrations=learned.demonstrations,
-                label_bias=learned.label_bias,
-                progress=progress,
-            )
-            for row, task_index in enumerate(present):
-                probabilities[task_index] = scored[row]
-        per_target.append(TargetScores(target=target, probabilities=probabilities))
+    """One Label Studio prediction per task, same order; tasks without text get an empty result.
+
+    With a `hook` (a Label Studio project), LLM distributions already known for a task are not
+    computed again, new ones are remembered, and a trained SLM refines the served label and score."""
+    per_target = [
+        _classify_target(scorer, target, tasks, cold_start=cold_start, progress=progress, hook=hook)
+        for target in spec.classification_targets
+    ]
 
     per_span_target = [
         (target, _entities_per_task(scorer, target, tasks, project_id=project_id)) for target in spec.span_targets
@@ -316,12 +335,17 @@ def predict_tasks(
 
     predictions = []
     for index, task in enumerate(tasks):
-        regions, scores = [], []
+        regions, scores, mislabeling = [], [], []
         for target_scores in per_target:
             probs = target_scores.probabilities[index]
             if probs is None:
                 continue
-            region, score = _choices_region(target_scores.target, probs)
+            refined = target_scores.refined[index] if target_scores.refined else None
+            if refined is None:
+                region, score = _choices_region(target_scores.target, probs)
+            else:
+                region, score = _choices_region(target_scores.target, refined[0], score=refined[1])
+                mislabeling.append(refined[2])
             regions.append(region)
             scores.append(score)
         for target, entities_per_task in per_span_target:
@@ -338,24 +362,80 @@ def predict_tasks(
                 task.get("id") if isinstance(task, dict) else None,
                 model_version,
             )
-        predictions.append(
-            {
-                "result": regions,
-                # The weakest part decides whether the whole pre-annotation is right.
-                "score": float(min(scores)) if scores else 0.0,
-                "model_version": model_version,
-            }
-        )
+        prediction = {
+            "result": regions,
+            # The weakest part decides whether the whole pre-annotation is right.
+            "score": float(min(scores)) if scores else 0.0,
+            "model_version": model_version,
+        }
+        if mislabeling:
+            prediction["mislabeling"] = float(max(mislabeling))
+        predictions.append(prediction)
     return predictions
 
 
-def _choices_region(target: Target, probabilities: np.ndarray) -> tuple[dict[str, Any], float]:
+def _classify_target(
+    scorer: LabelScorer,
+    target: Target,
+    tasks: Sequence[dict[str, Any]],
+    *,
+    cold_start: dict[str, ColdStart] | None,
+    progress: ProgressCallback | None,
+    hook: TargetHook | None,
+) -> TargetScores:
+    """The LLM's distribution of every task that has text (known ones from the hook), and the
+    hook's refinement of them."""
+    texts = [target_text(task, target) for task in tasks]
+    present = [i for i, t in enumerate(texts) if t is not None]
+    probabilities: list[np.ndarray | None] = [None] * len(tasks)
+    if not present:
+        return TargetScores(target=target, probabilities=probabilities)
+    ids = [_task_id(tasks[i]) for i in present]
+    known = hook.known(target, [(i, texts[p]) for i, p in zip(ids, present) if i is not None]) if hook else {}
+    missing = [p for i, p in zip(ids, present) if i is None or i not in known]
+    if missing:
+        learned = (cold_start or {}).get(target.from_name, ColdStart())
+        scored = scorer.probabilities(
+            target,
+            [texts[i] for i in missing],
+            demonstrations=learned.demonstrations,
+            label_bias=learned.label_bias,
+            progress=progress,
+        )
+        for row, task_index in enumerate(missing):
+            probabilities[task_index] = scored[row]
+        if hook is not None:
+            hook.record(target, [(_task_id(tasks[i]), texts[i], probabilities[i]) for i in missing
+                                 if _task_id(tasks[i]) is not None])
+    for task_id, task_index in zip(ids, present):
+        if task_id is not None and task_id in known:
+            probabilities[task_index] = known[task_id]
+    refined_rows: list[tuple[np.ndarray, float, float] | None] | None = None
+    refined = hook.refine(target, [texts[i] for i in present], np.stack([probabilities[i] for i in present])) if hook else None
+    if refined is not None:
+        refined_rows = [None] * len(tasks)
+        for row, task_index in enumerate(present):
+            refined_rows[task_index] = (refined.probabilities[row], float(refined.scores[row]),
+                                        float(refined.mislabeling[row]))
+    return TargetScores(target=target, probabilities=probabilities, refined=refined_rows)
+
+
+def _task_id(task: dict[str, Any]) -> int | None:
+    task_id = task.get("id") if isinstance(task, dict) else None
+    return task_id if isinstance(task_id, int) and not isinstance(task_id, bool) else None
+
+
+def _choices_region(
+    target: Target, probabilities: np.ndarray, *, score: float | None = None
+) -> tuple[dict[str, Any], float]:
+    """The region of a Choices target; `score` (a calibrated one) replaces the read-out's."""
     if target.multiple:
-        chosen, score = multi_choice_prediction(probabilities)
+        chosen, read_out = multi_choice_prediction(probabilities)
         choices = [target.options[i].result_value for i in chosen]
     else:
-        best, score = single_choice_prediction(probabilities)
+        best, read_out = single_choice_prediction(probabilities)
         choices = [target.options[best].result_value]
+    score = read_out if score is None else score
     region = {
         "from_name": target.from_name,
         "to_name": target.to_name,

@@ -18,6 +18,7 @@ from ml_backend.errors import UnsupportedConfig
 from ml_backend.label_config import LabelSpec, parse_label_config
 from ml_backend.model_store import ModelStore, ProjectState, is_label_studio_project
 from ml_backend.profile import Profiles
+from ml_backend.slm_model import list_versions
 
 if TYPE_CHECKING:
     from ml_backend.preannotate import BulkPreannotation
@@ -80,14 +81,37 @@ class Publisher:
             self._trigger(project_key, version, reason)
         return version
 
-    def publish_new_version(self, project_key: str) -> str:
-        """Bump the project's version counter (what a retrain does) and re-annotate under the new version."""
+    def publish_new_version(
+        self, project_key: str, change: Callable[[ProjectState], None] | None = None, *, reason: str = "new_model_version"
+    ) -> str:
+        """Bump the project's version counter (what a retrain or a rollback does) and re-annotate
+        under the new version. `change` (e.g. the new SLM version) is applied in the same atomic
+        update, so no request ever sees the new model under the old version or the reverse."""
         state = self.store.load(project_key)
-        return self.apply(
-            project_key, self.profiles.of_state(state).spec,
-            lambda state: setattr(state, "version_counter", state.version_counter + 1), reason="new_model_version",
-            always=True,
-        )
+
+        def bump(state: ProjectState) -> None:
+            if change is not None:
+                change(state)
+            state.version_counter += 1
+
+        return self.apply(project_key, self.profiles.of_state(state).spec, bump, reason=reason, always=True)
+
+    def rollback_slm(self, project_key: str, to: str | None = None) -> tuple[str, str]:
+        """Serve an earlier trained SLM version (default: the one before the current one) under a
+        new model_version, re-annotating every task. Returns (slm version, model_version)."""
+        kept = list_versions(self.store.project_dir(project_key))
+        current = self.store.load(project_key).slm_version
+        if to is None:
+            older = kept[: kept.index(current)] if current in kept else kept[:-1]
+            if not older:
+                raise ValueError(f"project {project_key} has no earlier SLM version (kept: {', '.join(kept) or 'none'})")
+            to = older[-1]
+        if to not in kept:
+            raise ValueError(f"project {project_key} has no SLM version {to!r} (kept: {', '.join(kept) or 'none'})")
+        version = self.publish_new_version(project_key, lambda state: setattr(state, "slm_version", to),
+                                           reason="slm_rollback")
+        log.info("event=slm_rollback project=%s slm_version=%s model_version=%s", project_key, to, version)
+        return to, version
 
     def _trigger(self, project_key: str, version: str, reason: str) -> None:
         assert self.bulk is not None

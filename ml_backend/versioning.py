@@ -35,6 +35,12 @@ def model_name(settings: Settings) -> str:
     return Path(settings.llm_gguf_file or settings.llm_model).stem
 
 
+def llm_version(version: str) -> str:
+    """The LLM prompt part of a version ("<model>-<hash>"): what the LLM's output depends on, without
+    the retraining counter (LLM distributions are cached under it, `llm_cache`)."""
+    return version.rsplit("-v", 1)[0]
+
+
 def model_version(
     name: str,
     spec: LabelSpec,

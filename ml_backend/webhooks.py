@@ -1,8 +1,9 @@
 """Label Studio's webhooks, one row per action (`/webhook`, and `/train` as START_TRAINING).
 
 Label Studio gives a webhook 1 s and never retries, so every handler only records and
-enqueues; the work happens in background jobs. Adding an event (the training loop's
-annotation events) is one row in `WebhookHandlers.table`.
+enqueues; the work happens in background jobs. Each event is one row in `WebhookHandlers.table`:
+imports pre-annotate, a saved config refreshes predictions, annotation events and Start Training
+go to the learning loop (`retraining.Retraining`).
 """
 
 from __future__ import annotations
@@ -16,17 +17,12 @@ from ml_backend.errors import UnsupportedConfig
 from ml_backend.model_store import ModelStore
 from ml_backend.profile import Profiles
 from ml_backend.publishing import Publisher
+from ml_backend.retraining import ANNOTATION_EVENTS, FORCE_EVENT, Retraining
 
 if TYPE_CHECKING:
     from ml_backend.preannotate import BulkPreannotation
 
 log = logging.getLogger(__name__)
-
-TRAINING_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
-TRAINING_NOT_IMPLEMENTED = (
-    "training on annotations is not implemented in this version of the backend: Label Studio keeps your "
-    "annotations, but they do not change the model's predictions yet"
-)
 
 Handler = Callable[[str | None, dict[str, Any]], dict[str, Any]]
 
@@ -39,16 +35,19 @@ class WebhookHandlers:
         profiles: Profiles,
         publisher: Publisher,
         bulk: "BulkPreannotation | None",
+        retraining: Retraining | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.profiles = profiles
         self.publisher = publisher
         self.bulk = bulk
+        self.retraining = retraining
         self.table: dict[str, Handler] = {
             "TASKS_CREATED": self.tasks_created,
             "PROJECT_UPDATED": self.project_updated,
-            **{action: partial(self.training_not_implemented, action) for action in TRAINING_EVENTS},
+            **{action: partial(self.annotation_changed, action) for action in ANNOTATION_EVENTS},
+            FORCE_EVENT: self.start_training,
         }
 
     def handle(self, action: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +95,26 @@ class WebhookHandlers:
         log.info("event=config_updated project=%s model_version=%s", project_key, version)
         return {"status": "config_updated", "model_version": version}
 
-    def training_not_implemented(self, action: str, project_key: str | None, data: dict[str, Any]) -> dict[str, Any]:
-        log.info("event=fit_skipped reason=not_implemented action=%s project=%s", action, project_key)
-        # "job" is what Label Studio records as the connection's training job (`ml/models.py`
-        # `train`); no job runs, so there is none to record.
-        return {"job": None, "status": "not_implemented", "reason": TRAINING_NOT_IMPLEMENTED}
+    def _trainable(self, project_key: str | None) -> str | None:
+        """Why this project cannot train now (None: it can)."""
+        if self.retraining is None:
+            return "training is not enabled in this process"
+        if not project_key or not self.store.exists(project_key):
+            return "unknown project: connect it so /setup runs"
+        return None
+
+    def annotation_changed(self, action: str, project_key: str | None, data: dict[str, Any]) -> dict[str, Any]:
+        """An annotation was created, changed or deleted: count it; train once enough changed."""
+        reason = self._trainable(project_key)
+        if reason is not None:
+            log.info("event=webhook_ignored action=%s project=%s reason=%s", action, project_key, reason)
+            return {"status": "ignored", "reason": reason}
+        return self.retraining.annotation_changed(project_key, action, data)
+
+    def start_training(self, project_key: str | None, data: dict[str, Any]) -> dict[str, Any]:
+        """Start Training (the button, or POST /train): a run now. Label Studio records `job`."""
+        reason = self._trainable(project_key)
+        if reason is not None:
+            log.info("event=webhook_ignored action=START_TRAINING project=%s reason=%s", project_key, reason)
+            return {"job": None, "status": "ignored", "reason": reason}
+        return self.retraining.start(project_key)

@@ -9,9 +9,10 @@ building it. Layers (enforced by the import contract in `.importlinter`):
     wiring                         builds everything below
     model (service), webhooks      /setup, /predict, /versions; the webhook table
     publishing                     a new version reaches every task (starts the job)
-    preannotate                    the background job (a run object with phases)
+    preannotate, retraining        the background job (a run object with phases); when to train
     round_one, prompt_tuning       a project's cold start; prompt choice on a dev set
     inference                      the process's model; tasks → predictions
+    refinement                     the learning loop at predict time: cached LLM distributions, SLM blend
     profile, versioning            a project resolved once per request; the version fingerprint
     predictor, ner, cold_start ... pure-ish scoring cores on the LLM provider
     llm                            runtimes and providers
@@ -38,6 +39,8 @@ from ml_backend.preannotate import BulkPreannotation
 from ml_backend.profile import Profiles
 from ml_backend.prompt_tuning import PromptTuning
 from ml_backend.publishing import Publisher
+from ml_backend.refinement import EncoderLoader, Encoders, Refinement
+from ml_backend.retraining import Retraining
 from ml_backend.round_one import RoundOne
 from ml_backend.webhooks import WebhookHandlers
 
@@ -56,6 +59,8 @@ class Services(JobContext):
     profiles: Profiles | None = None
     inference: Inference | None = None
     round_one: RoundOne | None = None
+    encoders: Encoders | None = None
+    retraining: Retraining | None = None
     prompt_tuning: PromptTuning | None = None
     bulk: BulkPreannotation | None = None
     publisher: Publisher | None = None
@@ -75,6 +80,7 @@ def build_services(
     *,
     runtime_loader: Callable[[], LLMRuntime] | None = None,
     client_factory: ClientFactory | None = None,
+    encoder_loader: EncoderLoader | None = None,
     preannotation: bool = True,
 ) -> Services:
     """Build the process's services. Nothing heavy happens: the model loads on first use.
@@ -90,16 +96,23 @@ def build_services(
     kv = kv_from_settings(settings)
     store = ModelStore(settings.model_dir)
     profiles = Profiles(settings, store)
-    inference = Inference(runtime_loader, memo_rows=2 * settings.cold_start_tasks)
+    encoders = Encoders(settings, encoder_loader)
+    inference = Inference(
+        runtime_loader, memo_rows=2 * settings.cold_start_tasks, refinement=Refinement(settings, kv, store, encoders)
+    )
     round_one = RoundOne(settings, store, profiles, inference)
     services = Services(
         settings=settings, kv=kv, store=store, profiles=profiles, inference=inference, round_one=round_one,
         prompt_tuning=PromptTuning(store, profiles, inference, round_one), client_factory=client_factory,
+        encoders=encoders,
     )
     services.runner = make_runner(settings, kv, services, entry_point=WORKER_ENTRY)
     services.bulk = BulkPreannotation(services) if preannotation else None
     services.publisher = Publisher(settings, store, profiles, services.bulk)
-    services.webhooks = WebhookHandlers(settings, store, profiles, services.publisher, services.bulk)
+    services.retraining = Retraining(settings, kv, services.runner, store)
+    services.webhooks = WebhookHandlers(
+        settings, store, profiles, services.publisher, services.bulk, services.retraining
+    )
     services.service = LLMBackend(
         settings, store, profiles, inference, services.publisher, services.webhooks, services.bulk
     )

@@ -20,6 +20,7 @@ class FakeLabelStudio:
 
     task_data: dict[int, dict[str, Any]] = field(default_factory=dict)  # task id → data
     labeled: set[int] = field(default_factory=set)
+    annotations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # task id → annotations
     predictions: dict[int, dict[str, Any]] = field(default_factory=dict)  # prediction id → prediction
     project_model_version: str | None = None
     events: list[tuple[str, Any]] = field(default_factory=list)
@@ -30,7 +31,9 @@ class FakeLabelStudio:
         return cls(task_data={first_id + i: {"text": text} for i, text in enumerate(texts)})
 
     # --- the ProjectClient interface --------------------------------------------------------
-    def tasks(self, task_ids: Iterable[int] | None = None, *, page_size: int = 500) -> Iterator[TaskRecord]:
+    def tasks(
+        self, task_ids: Iterable[int] | None = None, *, page_size: int = 500, annotations: bool = False
+    ) -> Iterator[TaskRecord]:
         known = set(self.task_data)
         wanted = sorted(known) if task_ids is None else sorted(set(int(t) for t in task_ids) & known)
         for task_id in wanted:
@@ -42,9 +45,10 @@ class FakeLabelStudio:
             yield TaskRecord(
                 id=task_id,
                 data=dict(self.task_data[task_id]),
-                labeled=task_id in self.labeled,
+                labeled=task_id in self.labeled or bool(self.annotations.get(task_id)),
                 model_versions={p["model_version"] for p in stored},
                 predictions=stored,
+                annotations=[dict(a) for a in self.annotations.get(task_id, [])] if annotations else [],
             )
 
     def write_predictions(self, predictions: list[dict[str, Any]]) -> int:
@@ -67,6 +71,18 @@ class FakeLabelStudio:
     def set_model_version(self, version: str) -> None:
         self.project_model_version = version
         self.events.append(("project_model_version", version))
+
+    def annotate(self, task_id: int, choice: str, *, from_name: str = "sentiment", **fields: Any) -> dict[str, Any]:
+        """A human annotation of a Choices target (what an annotator submits)."""
+        annotation = {
+            "id": next(self._ids), "result": [{"from_name": from_name, "to_name": "text", "type": "choices",
+                                                "value": {"choices": [choice]}}],
+            "was_cancelled": False, "ground_truth": False, "updated_at": f"2026-12-01T00:00:{len(self.events):02d}Z",
+            **fields,
+        }
+        self.annotations.setdefault(task_id, []).append(annotation)
+        self.events.append(("annotate", task_id))
+        return annotation
 
     # --- what tests look at -------------------------------------------------------------------
     def versions_per_task(self) -> dict[int, list[str]]:

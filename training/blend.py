@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ml_backend.slm_model import BlendedScores, blend_and_score, blend_distributions, calibrate, logit
+
 EPSILON = 1e-9
 CALIBRATION_METHODS = ("none", "platt", "isotonic")  # order = preference on ties
 
@@ -49,25 +51,7 @@ class BlendOptions:
     seed: int = 0
 
 
-@dataclass
-class BlendPrediction:
-    """Per-task outputs of the blend; every array has length n_tasks."""
-
-    probabilities: np.ndarray  # (n, n_classes) blended distribution
-    predicted: np.ndarray  # (n,) argmax of the blend = the pre-annotation
-    score: np.ndarray  # (n,) calibrated P(pre-annotation is right)
-    disagreement: np.ndarray  # (n,) bool: LLM and SLM argmax differ
-    llm_wrong_probability: np.ndarray  # (n,) P(the LLM's own label is wrong) = 1 − p_blend(LLM label)
-
-
-def blend_distributions(llm_probabilities: np.ndarray, slm_probabilities: np.ndarray,
-                        weights: tuple[float, float]) -> np.ndarray:
-    """p ∝ p_llm^w_llm · p_slm^w_slm, computed in log space; shape (n, n_classes)."""
-    logits = (weights[0] * np.log(np.clip(llm_probabilities, EPSILON, 1.0))
-              + weights[1] * np.log(np.clip(slm_probabilities, EPSILON, 1.0)))
-    logits -= logits.max(axis=1, keepdims=True)
-    exp = np.exp(logits)
-    return exp / exp.sum(axis=1, keepdims=True)
+BlendPrediction = BlendedScores  # the served per-task outputs (ml_backend.slm_model)
 
 
 def fit_blend_weights(llm_probabilities: np.ndarray, slm_probabilities: np.ndarray, labels: np.ndarray, *,
@@ -131,21 +115,20 @@ class ConfidenceCalibrator:
         else:
             from sklearn.linear_model import LogisticRegression
 
-            self.model_ = LogisticRegression(C=100.0).fit(_logit(confidence).reshape(-1, 1), correct)
+            self.model_ = LogisticRegression(C=100.0).fit(logit(confidence).reshape(-1, 1), correct)
         return self
 
-    def transform(self, confidence: np.ndarray) -> np.ndarray:
-        confidence = np.asarray(confidence, dtype=np.float64)
+    def params(self) -> dict:
+        """The fitted map as JSON (a version's manifest); `ml_backend.slm_model.calibrate` applies it."""
         if self.model_ is None:
-            return confidence
+            return {"method": "none"}
         if self.method == "isotonic":
-            return np.asarray(self.model_.predict(confidence))
-        return self.model_.predict_proba(_logit(confidence).reshape(-1, 1))[:, 1]
+            return {"method": "isotonic", "x": [float(v) for v in self.model_.X_thresholds_],
+                    "y": [float(v) for v in self.model_.y_thresholds_]}
+        return {"method": "platt", "a": float(self.model_.coef_[0][0]), "b": float(self.model_.intercept_[0])}
 
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+    def transform(self, confidence: np.ndarray) -> np.ndarray:
+        return calibrate(self.params(), confidence)
 
 
 def _folds(n: int, n_folds: int, seed: int) -> list[np.ndarray]:
@@ -208,20 +191,17 @@ class LLMSLMBlend:
         return self
 
     def predict(self, llm_probabilities: np.ndarray, slm_probabilities: np.ndarray) -> BlendPrediction:
-        weights = getattr(self, "weights_", self.options.prior_weight)
-        blended = blend_distributions(llm_probabilities, slm_probabilities, weights)
+        return blend_and_score(llm_probabilities, slm_probabilities, self.weights(), self.calibration())
+
+    def weights(self) -> tuple[float, float]:
+        return tuple(getattr(self, "weights_", self.options.prior_weight))
+
+    def calibration(self) -> dict:
         calibrator = getattr(self, "calibrator_", None) or ConfidenceCalibrator("none")
-        llm_label = np.asarray(llm_probabilities).argmax(axis=1)
-        return BlendPrediction(
-            probabilities=blended,
-            predicted=blended.argmax(axis=1),
-            score=calibrator.transform(blended.max(axis=1)),
-            disagreement=llm_label != np.asarray(slm_probabilities).argmax(axis=1),
-            llm_wrong_probability=1.0 - blended[np.arange(len(blended)), llm_label],
-        )
+        return calibrator.params()
 
     def state(self) -> dict:
         """JSON-able summary for a version manifest."""
-        return {"weights": list(getattr(self, "weights_", self.options.prior_weight)),
-                "calibration": getattr(self, "calibration_method_", "none"),
+        return {"weights": list(self.weights()),
+                "calibration": self.calibration(),
                 "metrics": getattr(self, "cross_validated_metrics_", {})}

@@ -20,7 +20,6 @@ Saving writes the model into a temporary directory beside the target and publish
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ml_backend.slm_model import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    ModelFormatError,
+    load_served,
+    sha256_file,
+    softmax,
+)
 from training.noisy_labels import (
     FittedHead,
     NoisyLabelOptions,
@@ -41,20 +49,7 @@ from training.noisy_labels import (
     out_of_fold_probabilities,
 )
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "head.npz"
-MANIFEST_FILE = "manifest.json"
 METHODS = ("noisy", "naive", "cleanlab", "human")
-
-
-class ModelFormatError(RuntimeError):
-    """A saved SLM is incomplete, corrupt or of an unknown format."""
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def linear_form(head: FittedHead, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -188,7 +183,7 @@ class SLMClassifier:
     # --- inference --------------------------------------------------------------------
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Shape (n, n_classes); rows sum to 1."""
-        return _softmax(np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_)
+        return softmax(np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.predict_proba(X).argmax(axis=1)
@@ -233,7 +228,7 @@ class SLMClassifier:
                 handle.flush()
                 os.fsync(handle.fileno())
             manifest = self.manifest(extra_manifest)
-            manifest["checksums"] = {WEIGHTS_FILE: _sha256(weights_path)}
+            manifest["checksums"] = {WEIGHTS_FILE: sha256_file(weights_path)}
             with open(staging / MANIFEST_FILE, "w", encoding="utf-8") as handle:
                 json.dump(manifest, handle, indent=2, ensure_ascii=False)
                 handle.flush()
@@ -253,27 +248,14 @@ class SLMClassifier:
     @classmethod
     def load(cls, directory: Path) -> "SLMClassifier":
         """Load a saved model, verifying the manifest's checksum of the weights."""
-        directory = Path(directory)
-        try:
-            manifest = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise ModelFormatError(f"{directory}: unreadable manifest ({error})") from error
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ModelFormatError(f"{directory}: unknown format {manifest.get('format_version')!r}")
-        weights_path = directory / WEIGHTS_FILE
-        expected = manifest.get("checksums", {}).get(WEIGHTS_FILE)
-        if not weights_path.is_file() or _sha256(weights_path) != expected:
-            raise ModelFormatError(f"{directory}: {WEIGHTS_FILE} is missing or does not match its checksum")
+        served = load_served(Path(directory))
+        manifest = served.manifest
         options = NoisyLabelOptions(**manifest.get("options", {}))
         model = cls(method=manifest["method"], options=options, label_names=manifest.get("label_names"),
                     encoder_id=manifest.get("encoder_id"), seed=manifest.get("seed", 0))
-        with np.load(weights_path, allow_pickle=False) as weights:
-            model.coef_, model.intercept_ = weights["coef"], weights["intercept"]
+        model.coef_, model.intercept_ = served.coef, served.intercept
         model.n_classes_ = int(manifest["n_classes"])
         model.counts_, model.metrics_ = manifest.get("counts", {}), manifest.get("metrics", {})
         model.manifest_ = manifest
         return model
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

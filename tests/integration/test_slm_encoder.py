@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from training.encoders import (
+from ml_backend.encoders import (
     EmbeddingCache,
     EncodeStats,
     embed_texts,

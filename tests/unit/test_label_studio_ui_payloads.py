@@ -170,11 +170,22 @@ def test_after_the_cold_start_the_next_setup_starts_no_second_job(settings, keyw
 
 
 # --- 7. Start Training and the status -----------------------------------------------------------------
-def test_start_training_answers_at_once_with_a_job_and_says_why_nothing_trains(client):
+def test_start_training_of_an_unconnected_project_says_why_nothing_trains(client):
     answer = client.post("/webhook", json=ls_payload("webhook_start_training_1.json"))
     assert answer.status_code == 200
-    assert "job" in answer.json
-    assert answer.json["status"] == "not_implemented" and "not implemented" in answer.json["reason"]
+    assert answer.json["job"] is None
+    assert answer.json["status"] == "ignored" and "connect it" in answer.json["reason"]
+
+
+def test_start_training_answers_at_once_with_the_job_label_studio_records(settings, keyword_runtime):
+    from ml_backend.app import create_app
+
+    app = create_app(settings.model_copy(update={"job_retries": 0}), runtime_loader=lambda: keyword_runtime)
+    client = app.test_client()
+    client.post("/setup", json=ls_payload("setup_1.json"))
+    answer = client.post("/webhook", json=ls_payload("webhook_start_training_1.json"))
+    assert answer.status_code == 200
+    assert answer.json["status"] == "queued" and answer.json["job"].startswith("train_project-")
 
 
 def test_status_shows_iso_timestamps(bulk_app):

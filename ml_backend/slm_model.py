@@ -1,0 +1,221 @@
+"""A trained SLM version as the server reads it: the files, and the served score (pure numpy).
+
+`training/` writes a version; this module is what *serving* needs of it, so `ml_backend` never
+imports `training`. A version is a directory `MODEL_DIR/<project>/slm/<version>/` holding
+
+* `head.npz` — the linear head (`coef` (n_classes, dim), `intercept` (n_classes,)): no pickle
+  is ever loaded;
+* `manifest.json` — format, encoder, the target and its label names, the blend weights, the
+  calibration map, data counts, metrics, and the SHA-256 of `head.npz`.
+
+The served prediction (`blend_and_score`)::
+
+    p_blend(y | x) ∝ p_llm(y | x) ** w_llm · p_slm(y | x) ** w_slm
+    score           = calibration(max_y p_blend(y | x))   = P(the pre-annotation is right)
+    mislabeling     = 1 − p_blend(LLM's label | x)         = P(the LLM's own label is wrong)
+
+`training.blend` fits the weights and the calibration map; this module only applies them, so
+the benchmark and the server compute the same number with the same code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "head.npz"
+MANIFEST_FILE = "manifest.json"
+EPSILON = 1e-9  # probabilities are clipped here before the log of the blend
+VERSION_PATTERN = re.compile(r"slm-(\d{4,9})")  # slm-0001, slm-0002, ... (sorts by number)
+
+
+class ModelFormatError(RuntimeError):
+    """A saved SLM is incomplete, corrupt or of an unknown format."""
+
+
+# --- the served score (pure) ---------------------------------------------------------------------
+@dataclass
+class BlendedScores:
+    """Per-task outputs; every array has length n_tasks."""
+
+    probabilities: np.ndarray  # (n, n_classes) blended distribution
+    predicted: np.ndarray  # (n,) argmax of the blend = the pre-annotation
+    score: np.ndarray  # (n,) calibrated P(pre-annotation is right)
+    disagreement: np.ndarray  # (n,) bool: LLM and SLM argmax differ
+    llm_wrong_probability: np.ndarray  # (n,) P(the LLM's own label is wrong) = 1 − p_blend(LLM label)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def blend_distributions(llm_probabilities: np.ndarray, slm_probabilities: np.ndarray,
+                        weights: tuple[float, float] | list[float]) -> np.ndarray:
+    """p ∝ p_llm^w_llm · p_slm^w_slm, computed in log space; shape (n, n_classes)."""
+    logits = (weights[0] * np.log(np.clip(llm_probabilities, EPSILON, 1.0))
+              + weights[1] * np.log(np.clip(slm_probabilities, EPSILON, 1.0)))
+    return softmax(logits)
+
+
+def calibrate(calibration: dict[str, Any] | None, confidence: np.ndarray) -> np.ndarray:
+    """Apply a stored calibration map to confidences in [0, 1].
+
+    `{"method": "platt", "a": .., "b": ..}`: sigmoid(a · logit(c) + b);
+    `{"method": "isotonic", "x": [..], "y": [..]}`: the step function, clipped at the ends;
+    None or `{"method": "none"}`: the confidence itself.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    method = (calibration or {}).get("method", "none")
+    if method == "platt":
+        z = float(calibration["a"]) * logit(confidence) + float(calibration["b"])
+        return 1.0 / (1.0 + np.exp(-z))
+    if method == "isotonic":
+        return np.interp(confidence, np.asarray(calibration["x"], float), np.asarray(calibration["y"], float))
+    if method == "none":
+        return confidence
+    raise ModelFormatError(f"unknown calibration method {method!r}")
+
+
+def blend_and_score(llm_probabilities: np.ndarray, slm_probabilities: np.ndarray,
+                    weights: tuple[float, float] | list[float], calibration: dict[str, Any] | None) -> BlendedScores:
+    llm_probabilities = np.asarray(llm_probabilities, dtype=np.float64)
+    slm_probabilities = np.asarray(slm_probabilities, dtype=np.float64)
+    blended = blend_distributions(llm_probabilities, slm_probabilities, weights)
+    llm_label = llm_probabilities.argmax(axis=1)
+    return BlendedScores(
+        probabilities=blended,
+        predicted=blended.argmax(axis=1),
+        score=calibrate(calibration, blended.max(axis=1)),
+        disagreement=llm_label != slm_probabilities.argmax(axis=1),
+        llm_wrong_probability=1.0 - blended[np.arange(len(blended)), llm_label],
+    )
+
+
+# --- a saved version -------------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ServedSLM:
+    """One trained version, loaded and verified."""
+
+    version: str
+    manifest: dict[str, Any]
+    coef: np.ndarray
+    intercept: np.ndarray
+
+    @property
+    def target(self) -> str | None:
+        return self.manifest.get("target")
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest.get("label_names") or [])
+
+    @property
+    def encoder(self) -> str:
+        return str(self.manifest.get("encoder") or "")
+
+    @property
+    def blend(self) -> dict[str, Any]:
+        return self.manifest.get("blend") or {}
+
+    def serves(self, from_name: str, label_names: list[str]) -> bool:
+        """Whether this version was trained for this target and exactly these labels (a changed
+        config makes the head meaningless: the LLM alone serves until the next training run)."""
+        return self.target == from_name and self.label_names == list(label_names)
+
+    def slm_probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        return softmax(np.asarray(embeddings, dtype=np.float64) @ self.coef.T + self.intercept)
+
+    def score(self, llm_probabilities: np.ndarray, embeddings: np.ndarray) -> BlendedScores:
+        blend = self.blend
+        return blend_and_score(llm_probabilities, self.slm_probabilities(embeddings),
+                               blend.get("weights", (1.0, 1.0)), blend.get("calibration"))
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((Path(directory) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelFormatError(f"{directory}: unreadable manifest ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelFormatError(f"{directory}: unknown format {manifest.get('format_version') if isinstance(manifest, dict) else manifest!r}")
+    return manifest
+
+
+def load_served(directory: Path) -> ServedSLM:
+    """Load a version, verifying the manifest's checksum of the weights."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    weights_path = directory / WEIGHTS_FILE
+    expected = (manifest.get("checksums") or {}).get(WEIGHTS_FILE)
+    if not weights_path.is_file() or sha256_file(weights_path) != expected:
+        raise ModelFormatError(f"{directory}: {WEIGHTS_FILE} is missing or does not match its checksum")
+    with np.load(weights_path, allow_pickle=False) as weights:
+        coef, intercept = np.asarray(weights["coef"]), np.asarray(weights["intercept"])
+    return ServedSLM(version=directory.name, manifest=manifest, coef=coef, intercept=intercept)
+
+
+# --- the versions of a project ------------------------------------------------------------------------
+def versions_dir(project_dir: Path) -> Path:
+    return Path(project_dir) / "slm"
+
+
+def list_versions(project_dir: Path) -> list[str]:
+    """Complete versions, oldest first (a staging directory of a crashed run is not one)."""
+    root = versions_dir(project_dir)
+    if not root.is_dir():
+        return []
+    found = [child.name for child in root.iterdir()
+             if VERSION_PATTERN.fullmatch(child.name) and (child / MANIFEST_FILE).is_file()]
+    return sorted(found, key=lambda name: int(VERSION_PATTERN.fullmatch(name).group(1)))
+
+
+def next_version(project_dir: Path) -> str:
+    root = versions_dir(project_dir)
+    numbers = [int(m.group(1)) for child in (root.iterdir() if root.is_dir() else ())
+               if (m := VERSION_PATTERN.fullmatch(child.name))]
+    return f"slm-{max(numbers, default=0) + 1:04d}"
+
+
+def prune_versions(project_dir: Path, keep: int, current: str | None) -> list[str]:
+    """Remove all but the newest `keep` versions (never the current one). Returns what was removed."""
+    versions = list_versions(project_dir)
+    kept = set(versions[-keep:]) | ({current} if current else set())
+    removed = [v for v in versions if v not in kept]
+    for version in removed:
+        shutil.rmtree(versions_dir(project_dir) / version, ignore_errors=True)
+    return removed
+
+
+def version_summary(project_dir: Path, version: str) -> dict[str, Any]:
+    """What /versions and the status endpoint show of a version (its manifest, minus bulk)."""
+    manifest = read_manifest(versions_dir(project_dir) / version)
+    return {
+        "version": version,
+        "created_at": manifest.get("created_at"),
+        "method": manifest.get("method"),
+        "encoder": manifest.get("encoder"),
+        "target": manifest.get("target"),
+        "counts": manifest.get("counts", {}),
+        "metrics": manifest.get("metrics", {}),
+        "blend": {k: v for k, v in (manifest.get("blend") or {}).items() if k != "calibration"}
+        | {"calibration": ((manifest.get("blend") or {}).get("calibration") or {}).get("method", "none")},
+    }

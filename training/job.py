@@ -1,0 +1,272 @@
+"""The training job: a project's annotations → a new SLM version → published to every task.
+
+Enqueued by `ml_backend.retraining` (annotation webhooks, Start Training, `POST /train`, `cli
+train`) under its dotted path `training.job.train_project`; an rq worker or the in-process
+thread runs it with the composition root's services. One run, stage by stage:
+
+    read       tasks + annotations from Label Studio (paged); team annotations combined
+               (`training.annotations`); nothing new since the serving version → stop
+    llm        the LLM's distribution of every task: cached ones (`ml_backend.llm_cache`, filled
+               by pre-annotation and /predict) are reused; only missing tasks are scored, in batches
+    embed      frozen-encoder embeddings (cached on disk per text: the expensive part, once per task)
+    fit        noisy-label SLM (`SLMClassifier`, method "noisy") on LLM labels + human labels; the
+               LLM × SLM blend and the P(correct) calibration on the human labels, cross-fitted
+    save       `MODEL_DIR/<project>/slm/<version>/` written to a temporary directory and renamed:
+               a crash leaves the previous version serving
+    publish    `ProjectState.slm_version` and the version counter in one atomic update; the
+               pre-annotation job then rewrites every unlabeled task under the new model_version
+
+A failure at any stage records `last_error` and re-raises (the runner retries); the previous
+version keeps serving because nothing switches before `publish`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from ml_backend import keys
+from ml_backend.config import Settings
+from ml_backend.inference import Inference
+from ml_backend.jobs import JobRunner, check_deadline, current_job_id
+from ml_backend.kv import KV
+from ml_backend.label_config import Target
+from ml_backend.llm.priority import background_work
+from ml_backend.llm_cache import LLMDistributionCache
+from ml_backend.ls_client import ProjectClient, TaskRecord
+from ml_backend.model_store import ModelStore, ProjectState
+from ml_backend.predictor import target_text
+from ml_backend.profile import Profiles, ProjectProfile
+from ml_backend.publishing import Publisher
+from ml_backend.refinement import Encoders
+from ml_backend.retraining import FORCE_EVENT, TrainingStatus
+from ml_backend.slm_model import next_version, prune_versions, versions_dir
+from ml_backend.versioning import llm_version
+from training.annotations import annotations_fingerprint, combine_annotations
+from training.blend import LLMSLMBlend
+from training.slm import SLMClassifier
+
+log = logging.getLogger(__name__)
+
+LLM_BATCH = 16  # tasks per LLM scoring step (progress, deadline checks, cache writes)
+MIN_TASKS = 8  # fewer tasks with text: nothing worth learning
+
+
+class TrainingContext(Protocol):
+    """What the job needs; the composition root (`ml_backend.wiring.Services`) provides it."""
+
+    settings: Settings
+    kv: KV
+    runner: JobRunner | None
+    store: ModelStore
+    profiles: Profiles
+    inference: Inference
+    publisher: Publisher
+    encoders: Encoders
+
+    def label_studio(self, state: ProjectState) -> ProjectClient: ...
+
+
+class NothingToTrain(Exception):
+    """The project cannot be trained now; the message says why (recorded as the run's outcome)."""
+
+
+def train_project(project_key: str, *, context: TrainingContext,
+                  on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """The job (see the module docstring). Returns a summary; raises on failure."""
+    project_key = str(project_key)
+    events = context.kv.move_set(keys.training_events(project_key), keys.training_active(project_key))
+    forced = any(event.startswith(f"{FORCE_EVENT}:") for event in events)
+    return TrainingRun(context, project_key, forced=forced, on_progress=on_progress).execute()
+
+
+class TrainingRun:
+    def __init__(self, context: TrainingContext, project_key: str, *, forced: bool,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
+        self.context = context
+        self.project_key = project_key
+        self.forced = forced
+        self.on_progress = on_progress
+        self.status = TrainingStatus(context.kv)
+        self.timings: dict[str, float] = {}
+
+    def execute(self) -> dict[str, Any]:
+        previous = self.status.get(self.project_key)
+        started = time.time()
+        self._report(state="running", stage="read", done=0, total=0, job_id=current_job_id(), started_at=started,
+                     finished_at=None, last_error=None, runs=int(previous.get("runs", 0)) + 1)
+        try:
+            summary = self._run()
+        except NothingToTrain as reason:
+            self.context.kv.delete(keys.training_active(self.project_key))
+            self._report(state="skipped", stage=None, reason=str(reason), finished_at=time.time())
+            log.info("event=training_skipped project=%s reason=%s", self.project_key, reason)
+            return {"project": self.project_key, "status": "skipped", "reason": str(reason)}
+        except Exception as exc:
+            self._report(state="failed", last_error=f"{type(exc).__name__}: {exc}"[:500], finished_at=time.time())
+            raise
+        self.context.kv.delete(keys.training_active(self.project_key))
+        self._report(state="done", stage=None, finished_at=time.time(), **summary)
+        log.info("event=training_done project=%s slm_version=%s model_version=%s seconds=%.1f",
+                 self.project_key, summary["slm_version"], summary["model_version"], time.time() - started)
+        return {"project": self.project_key, "status": "done", **summary}
+
+    def _report(self, **changes: Any) -> None:
+        self.status.update(self.project_key, **changes)
+
+    def _stage(self, stage: str, done: int, total: int) -> None:
+        self._report(stage=stage, done=done, total=total)
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total)
+
+    # --- the stages ----------------------------------------------------------------------------
+    def _run(self) -> dict[str, Any]:
+        context = self.context
+        state = context.store.load(self.project_key)
+        if not state.label_config:
+            raise NothingToTrain("the project has no labeling config yet (connect it so /setup runs)")
+        profile = context.profiles.of_state(state)
+        target = trainable_target(profile)
+        tasks = self._read(state, target)
+        fingerprint = annotations_fingerprint((task.id, task.annotations) for task in tasks)
+        if not self.forced and fingerprint == self._serving_fingerprint(state):
+            raise NothingToTrain("no annotation changed since the serving version was trained")
+        texts = [target_text(task.as_task(), target) for task in tasks]
+        rows = [i for i, text in enumerate(texts) if text is not None]
+        if len(rows) < MIN_TASKS:
+            raise NothingToTrain(f"{len(rows)} tasks with text; at least {MIN_TASKS} are needed")
+        tasks, texts = [tasks[i] for i in rows], [texts[i] for i in rows]
+        labels = target.result_values
+        human = [combine_annotations(task.annotations, target.from_name, labels) for task in tasks]
+        human_labels = np.array([h.label if h is not None else -1 for h in human], dtype=int)
+        llm_probabilities = self._llm_distributions(profile, target, tasks, texts)
+        embeddings = self._embed(texts)
+        slm, blend, metrics = self._fit(embeddings, llm_probabilities, human_labels, labels)
+        version = self._save(slm, blend, metrics, profile, target, human, fingerprint, len(tasks))
+        model_version = self._publish(version)
+        return {"slm_version": version, "model_version": model_version, "metrics": metrics,
+                "tasks": len(tasks), "human_labels": int((human_labels >= 0).sum()), "timings_s": self.timings}
+
+    def _read(self, state: ProjectState, target: Target) -> list[TaskRecord]:
+        started = time.perf_counter()
+        client = self.context.label_studio(state)
+        tasks = list(client.tasks(page_size=self.context.settings.preannotate_page_size, annotations=True))
+        self.timings["read"] = round(time.perf_counter() - started, 2)
+        self._stage("read", len(tasks), len(tasks))
+        log.info("event=training_read project=%s tasks=%d annotated=%d", self.project_key, len(tasks),
+                 sum(1 for t in tasks if t.annotations))
+        return tasks
+
+    def _serving_fingerprint(self, state: ProjectState) -> str | None:
+        if not state.slm_version:
+            return None
+        from ml_backend.slm_model import ModelFormatError, read_manifest
+
+        try:
+            manifest = read_manifest(versions_dir(self.context.store.project_dir(self.project_key)) / state.slm_version)
+        except ModelFormatError:
+            return None
+        return manifest.get("annotations_fingerprint")
+
+    def _llm_distributions(self, profile: ProjectProfile, target: Target, tasks: list[TaskRecord],
+                           texts: list[str]) -> np.ndarray:
+        """Every task's LLM distribution: from the cache, scoring only the missing ones (the
+        scoring path records what it computes in the same cache)."""
+        started = time.perf_counter()
+        cache = LLMDistributionCache(self.context.kv, ttl_s=self.context.settings.llm_distribution_ttl_s)
+        prompt_version = llm_version(profile.version)
+        pairs = [(task.id, text) for task, text in zip(tasks, texts)]
+        known = cache.get_many(self.project_key, prompt_version, target.from_name, pairs)
+        missing = [task for task in tasks if task.id not in known]
+        log.info("event=training_llm project=%s cached=%d to_score=%d", self.project_key, len(known), len(missing))
+        for start in range(0, len(missing), LLM_BATCH):
+            check_deadline()
+            self._stage("llm", start, len(missing))
+            with background_work():
+                self.context.inference.score_tasks(profile, [task.as_task() for task in missing[start:start + LLM_BATCH]])
+        known = cache.get_many(self.project_key, prompt_version, target.from_name, pairs)
+        absent = [task.id for task in tasks if task.id not in known]
+        if absent:
+            raise RuntimeError(f"the LLM gave no distribution for {len(absent)} tasks (first: {absent[:5]})")
+        self._stage("llm", len(missing), len(missing))
+        self.timings["llm"] = round(time.perf_counter() - started, 2)
+        return np.stack([known[task.id] for task in tasks])
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        started = time.perf_counter()
+        self._stage("embed", 0, len(texts))
+        embeddings = self.context.encoders.embed(texts, progress=lambda done, total: self._stage("embed", done, total))
+        self.timings["embed"] = round(time.perf_counter() - started, 2)
+        return embeddings
+
+    def _fit(self, embeddings: np.ndarray, llm_probabilities: np.ndarray, human_labels: np.ndarray,
+             labels: list[str]) -> tuple[SLMClassifier, LLMSLMBlend, dict[str, float]]:
+        """The noisy-label SLM, then the blend on the human-labeled tasks (SLM out-of-fold there)."""
+        started = time.perf_counter()
+        self._stage("fit", 0, 1)
+        encoder = self.context.encoders.get()
+        slm = SLMClassifier(method="noisy", label_names=labels, encoder_id=encoder.encoder_id, seed=0)
+        slm.fit(embeddings, llm_probabilities, human_labels, n_classes=len(labels))
+        rows = human_labels >= 0
+        blend = LLMSLMBlend()
+        if rows.any():
+            blend.fit(llm_probabilities[rows], slm.oof_probabilities_[rows], human_labels[rows])
+        served = blend.predict(llm_probabilities, slm.predict_proba(embeddings))
+        metrics = {
+            **slm.metrics_,
+            **blend.state()["metrics"],
+            "disagreement_rate": float(served.disagreement.mean()),
+            "clean_llm_labels": slm.counts_["clean_llm_labels"],
+            "pseudo_labels": slm.counts_["pseudo_labels"],
+        }
+        self.timings["fit"] = round(time.perf_counter() - started, 2)
+        self._stage("fit", 1, 1)
+        return slm, blend, metrics
+
+    def _save(self, slm: SLMClassifier, blend: LLMSLMBlend, metrics: dict[str, float], profile: ProjectProfile,
+              target: Target, human: list, fingerprint: str, n_tasks: int) -> str:
+        started = time.perf_counter()
+        self._stage("save", 0, 1)
+        project_dir = self.context.store.project_dir(self.project_key)
+        version = next_version(project_dir)
+        blend_state = blend.state()
+        slm.save(versions_dir(project_dir) / version, extra_manifest={
+            "target": target.from_name,
+            "encoder": self.context.settings.slm_encoder,
+            "llm_version": llm_version(profile.version),
+            "annotations_fingerprint": fingerprint,
+            "blend": {"weights": blend_state["weights"], "calibration": blend_state["calibration"],
+                      "human_labels": int(sum(h is not None for h in human))},
+            "counts": {**slm.counts_, "annotations": int(sum(h.annotations for h in human if h is not None)),
+                       "contested_tasks": int(sum(1 for h in human if h is not None and h.agreement < 1.0))},
+            "metrics": metrics,
+            "trained_on_tasks": n_tasks,
+        })
+        self.timings["save"] = round(time.perf_counter() - started, 2)
+        self._stage("save", 1, 1)
+        return version
+
+    def _publish(self, version: str) -> str:
+        """Switch the project to the new version and re-annotate every task under a new model_version."""
+        context = self.context
+        model_version = context.publisher.publish_new_version(
+            self.project_key, lambda state: setattr(state, "slm_version", version), reason="slm_trained"
+        )
+        removed = prune_versions(context.store.project_dir(self.project_key), context.settings.slm_keep_versions,
+                                 current=version)
+        log.info("event=slm_published project=%s slm_version=%s model_version=%s pruned=%s",
+                 self.project_key, version, model_version, ",".join(removed) or "-")
+        return model_version
+
+
+def trainable_target(profile: ProjectProfile) -> Target:
+    """The single-choice classification target the SLM learns (the first one of the config)."""
+    for target in profile.spec.classification_targets:
+        if not target.multiple:
+            return target
+    if profile.spec.span_targets:
+        raise NothingToTrain("NER projects do not train an SLM yet: their predictions stay the LLM's")
+    raise NothingToTrain("the labeling config has no single-choice <Choices> to learn")
