@@ -275,11 +275,8 @@ def cmd_choose_prompt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
-    from rq import Queue
-    from rq.worker import SimpleWorker
-
     from ml_backend.app import configure_logging
+    from ml_backend.jobs import build_rq_worker
 
     if not settings.redis_url:
         raise SystemExit("worker needs REDIS_URL")
@@ -287,10 +284,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from ml_backend.wiring import worker_services
 
     worker_services(settings)  # the jobs of this worker run with these settings (model loads on the first)
-    connection = redis.Redis.from_url(settings.redis_url)
-    # SimpleWorker runs jobs in this process, so the model loads once and serves every job;
-    # the scheduler runs the delayed retries.
-    worker = SimpleWorker([Queue(settings.rq_queue, connection=connection)], connection=connection)
+    # Jobs run in this process (the model loads once and serves every job); the scheduler runs
+    # the delayed retries; a killed worker's job is retried by another (see build_rq_worker).
+    worker = build_rq_worker(settings)
     worker.work(burst=args.burst, with_scheduler=True, logging_level=settings.log_level.upper())
     return 0
 

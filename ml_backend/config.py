@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         description="Lease of a project's running job (seconds), renewed while it runs: a job killed "
         "with SIGKILL blocks its project's next job for at most this long.",
     )
+    worker_heartbeat_s: int = Field(
+        10, ge=1, description="rq workers renew a running job's heartbeat this often; a job whose worker "
+        "died is retried by another after three missed beats and the next maintenance pass.",
+    )
+    worker_maintenance_s: int = Field(
+        60, ge=5, description="How often an idle rq worker looks for jobs of dead workers (rq's default is 600).",
+    )
     preannotate_auto: bool = Field(
         True, description="Start pre-annotation on a project's first /setup, on imports and on new versions."
     )

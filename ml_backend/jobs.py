@@ -364,6 +364,52 @@ class RqRunner(JobRunner):
         return {"id": job_id, "status": status, "error": error, "retries_left": job.retries_left}
 
 
+def build_rq_worker(settings: Settings):
+    """An rq `SimpleWorker` (jobs run in the worker process: the model loads once for all of them)
+    whose running job stays alive in rq's eyes only while the worker does.
+
+    Why not rq's SimpleWorker as it is: it gives a running job a heartbeat TTL of the whole job
+    timeout (hours), so the job of a SIGKILLed worker would sit in the started registry that long
+    before rq's maintenance retried it. Here a thread renews the heartbeat every
+    `WORKER_HEARTBEAT_S` with a TTL of three beats, and every idle worker runs the maintenance
+    every `WORKER_MAINTENANCE_S`: a killed worker's job goes back to the queue (rq's Retry) and
+    another worker runs it within about `3 × WORKER_HEARTBEAT_S + WORKER_MAINTENANCE_S`.
+    """
+    import redis
+    from rq import Queue
+    from rq.worker import SimpleWorker
+
+    beat_s = settings.worker_heartbeat_s
+
+    class HeartbeatSimpleWorker(SimpleWorker):
+        def get_heartbeat_ttl(self, job) -> int:
+            return 3 * beat_s
+
+        def execute_job(self, job, queue):
+            stop = threading.Event()
+
+            def beat() -> None:
+                while not stop.wait(beat_s):
+                    try:
+                        self.maintain_heartbeats(job)
+                    except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the job
+                        log.warning("event=worker_heartbeat_failed job=%s error=%s", job.id, _one_line(exc))
+
+            thread = threading.Thread(target=beat, name=f"rq-heartbeat-{job.id}", daemon=True)
+            thread.start()
+            try:
+                super().execute_job(job, queue)
+            finally:
+                stop.set()
+                thread.join(timeout=5)
+
+    connection = redis.Redis.from_url(settings.redis_url)
+    return HeartbeatSimpleWorker(
+        [Queue(settings.rq_queue, connection=connection)], connection=connection,
+        job_monitoring_interval=beat_s, maintenance_interval=settings.worker_maintenance_s,
+    )
+
+
 def make_runner(settings: Settings, kv: KV, context: JobContext, *, entry_point: str) -> JobRunner:
     """rq when REDIS_URL is set (workers run `entry_point`), else a thread running jobs with `context`."""
     if settings.redis_url:

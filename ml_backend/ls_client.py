@@ -88,7 +88,9 @@ class ProjectClient:
         query = None
         if task_ids is not None:
             query = json.dumps({"selectedItems": {"all": False, "included": sorted(int(t) for t in task_ids)}})
-        include = TASK_FIELDS + (",annotations" if annotations else "")
+        # `include` filters nested fields too (annotations would come back as bare ids), so a
+        # read with annotations asks for every field (verified on Label Studio 1.23.2).
+        include = None if annotations else TASK_FIELDS
         pager = self.sdk.tasks.list(
             project=self.project_id, fields="all", include=include, page_size=page_size, query=query
         )
