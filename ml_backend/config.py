@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     slm_encoder_dir: Path | None = Field(
         None, description="Where `make encoders` assembled EmbeddingGemma (default: CACHE_DIR/encoders)."
     )
+    ner_demonstrations: int = Field(
+        3, ge=0, le=8, description="NER projects: annotated examples nearest to a task shown in its prompt (0 = zero-shot)."
+    )
     slm_keep_versions: int = Field(3, ge=1, description="Trained SLM versions kept per project (rollback targets).")
     llm_distribution_ttl_s: int = Field(
         30 * 24 * 3600, ge=60,

@@ -40,6 +40,7 @@ from ml_backend.llm.provider import (
     as_provider,
 )
 from ml_backend.ner.extractor import NerExtractor, TaskEntities
+from ml_backend.ner.prompts import NerDemonstration
 from ml_backend.prediction_options import PredictionOptions
 from ml_backend.scoring import (
     label_probabilities,
@@ -88,6 +89,9 @@ class TargetHook(Protocol):
 
     def refine(self, target: Target, texts: list[str], llm_probabilities: np.ndarray) -> Refined | None:
         """The served scores, or None where no trained model serves this target."""
+
+    def ner_demonstrations(self, target: Target, texts: list[str]) -> list[list[NerDemonstration]] | None:
+        """For a `<Labels>` target: each text's nearest annotated examples, or None (zero-shot)."""
 
 
 @dataclass(frozen=True)
@@ -330,7 +334,8 @@ def predict_tasks(
     ]
 
     per_span_target = [
-        (target, _entities_per_task(scorer, target, tasks, project_id=project_id)) for target in spec.span_targets
+        (target, _entities_per_task(scorer, target, tasks, project_id=project_id, hook=hook))
+        for target in spec.span_targets
     ]
 
     predictions = []
@@ -447,7 +452,12 @@ def _choices_region(
 
 
 def _entities_per_task(
-    scorer: LabelScorer, target: Target, tasks: Sequence[dict[str, Any]], *, project_id: str | None
+    scorer: LabelScorer,
+    target: Target,
+    tasks: Sequence[dict[str, Any]],
+    *,
+    project_id: str | None,
+    hook: TargetHook | None = None,
 ) -> list[TaskEntities | None]:
     """The NER part of every task for one `<Labels>` target (None where the task has no text)."""
     entities: list[TaskEntities | None] = [None] * len(tasks)
@@ -460,7 +470,10 @@ def _entities_per_task(
     if not present:
         return entities
     extractor = NerExtractor(scorer)
-    for task_index, task_entities in zip(present, extractor.predict(target, [texts[i] for i in present])):
+    present_texts = [texts[i] for i in present]
+    per_text = hook.ner_demonstrations(target, present_texts) if hook is not None else None
+    predicted = extractor.predict(target, present_texts, per_text_demonstrations=per_text)
+    for task_index, task_entities in zip(present, predicted):
         entities[task_index] = task_entities
         log.info(
             "event=ner_task project=%s task=%s candidates=%d entities=%d score=%.3f",

@@ -10,6 +10,10 @@ For every classification target of a Label Studio project, `ProjectHook` (the pr
    (`ProjectState.slm_version`), the task texts are embedded with the version's frozen encoder
    and the served label and score become the blend's (`slm_model.ServedSLM.score`).
 
+For a `<Labels>` (NER) target, `ner_demonstrations` gives each task the project's annotated
+examples nearest to it by embedding (`slm_model.NerExamples`), as the extraction prompt's
+demonstrations (NER_DEMONSTRATIONS of them).
+
 A version that cannot be loaded, or an encoder that is not installed, is logged once and the
 LLM alone serves: a broken model file must never stop pre-annotation.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -29,14 +34,25 @@ from ml_backend.kv import KV
 from ml_backend.label_config import Target
 from ml_backend.llm_cache import LLMDistributionCache
 from ml_backend.model_store import ModelStore, is_label_studio_project
+from ml_backend.ner.prompts import NerDemonstration
 from ml_backend.predictor import Refined
 from ml_backend.profile import ProjectProfile
-from ml_backend.slm_model import ModelFormatError, ServedSLM, load_served, versions_dir
+from ml_backend.slm_model import (
+    KIND_NER,
+    ModelFormatError,
+    NerExamples,
+    ServedSLM,
+    load_ner_examples,
+    load_served,
+    read_manifest,
+    versions_dir,
+)
 from ml_backend.versioning import llm_version
 
 log = logging.getLogger(__name__)
 
 EncoderLoader = Callable[[str], TextEncoder]
+RETRY_UNLOADABLE_S = 60.0  # a version that failed to load is tried again after this long
 
 
 class Encoders:
@@ -64,14 +80,29 @@ class Encoders:
         return embed_texts(self.get(name), texts, self.cache, progress=progress)
 
 
+def nearest_demonstrations(examples: NerExamples, target: Target, embeddings: np.ndarray, texts: list[str],
+                           k: int) -> list[list[NerDemonstration]]:
+    """Each text's `k` nearest annotated examples as NER prompt demonstrations (types by prompt name)."""
+    prompt_name = {option.result_value: option.prompt_name for option in target.options}
+    return [
+        [NerDemonstration(text=examples.texts[i],
+                          entities=tuple((surface, prompt_name[label]) for surface, label in examples.entities[i]
+                                         if label in prompt_name))
+         for i in nearest]
+        for nearest in examples.nearest(embeddings, texts, k)
+    ]
+
+
 class Refinement:
     """Builds the per-request hook of a project (see the module docstring)."""
 
     def __init__(self, settings: Settings, kv: KV, store: ModelStore, encoders: Encoders) -> None:
+        self.settings = settings
         self.store = store
         self.encoders = encoders
         self.distributions = LLMDistributionCache(kv, ttl_s=settings.llm_distribution_ttl_s)
-        self._served: dict[Path, ServedSLM | None] = {}
+        self._served: dict[Path, ServedSLM | NerExamples] = {}
+        self._unloadable: dict[Path, float] = {}  # directory → when loading it last failed
         self._lock = threading.Lock()
 
     def hook(self, profile: ProjectProfile) -> "ProjectHook | None":
@@ -79,25 +110,32 @@ class Refinement:
             return None
         return ProjectHook(self, profile, self.served(profile.key, profile.state.slm_version))
 
-    def served(self, project_key: str, version: str | None) -> ServedSLM | None:
+    def served(self, project_key: str, version: str | None) -> ServedSLM | NerExamples | None:
         """The loaded version (cached: a version directory never changes once written)."""
         if not version:
             return None
         directory = versions_dir(self.store.project_dir(project_key)) / version
         with self._lock:
-            if directory not in self._served:
-                try:
-                    self._served[directory] = load_served(directory)
-                except ModelFormatError as exc:
-                    log.error("event=slm_unloadable project=%s slm_version=%s error=%s", project_key, version, exc)
-                    self._served[directory] = None
+            if directory in self._served:
+                return self._served[directory]
+            if time.monotonic() - self._unloadable.get(directory, -RETRY_UNLOADABLE_S) < RETRY_UNLOADABLE_S:
+                return None
+            try:
+                kind = read_manifest(directory).get("kind")
+                self._served[directory] = load_ner_examples(directory) if kind == KIND_NER else load_served(directory)
+            except ModelFormatError as exc:
+                # Not cached for good: on a shared disk, a version another host just wrote may be
+                # visible here a moment later.
+                log.error("event=slm_unloadable project=%s slm_version=%s error=%s", project_key, version, exc)
+                self._unloadable[directory] = time.monotonic()
+                return None
             return self._served[directory]
 
 
 class ProjectHook:
     """`predictor.TargetHook` for one project and request."""
 
-    def __init__(self, refinement: Refinement, profile: ProjectProfile, served: ServedSLM | None) -> None:
+    def __init__(self, refinement: Refinement, profile: ProjectProfile, served: ServedSLM | NerExamples | None) -> None:
         self.refinement = refinement
         self.profile = profile
         self.llm_version = llm_version(profile.version)
@@ -111,14 +149,29 @@ class ProjectHook:
 
     def refine(self, target: Target, texts: list[str], llm_probabilities: np.ndarray) -> Refined | None:
         served = self.served_slm
-        if served is None or target.multiple or not served.serves(target.from_name, target.result_values):
+        if not isinstance(served, ServedSLM) or target.multiple or not served.serves(target.from_name, target.result_values):
             return None
-        try:
-            embeddings = self.refinement.encoders.embed(texts, served.encoder)
-        except EncoderUnavailable as exc:
-            log.error("event=slm_encoder_unavailable project=%s slm_version=%s error=%s",
-                      self.profile.key, served.version, exc)
+        embeddings = self._embed(texts, served)
+        if embeddings is None:
             return None
         blended = served.score(llm_probabilities, embeddings)
         return Refined(probabilities=blended.probabilities, scores=blended.score,
                        mislabeling=blended.llm_wrong_probability)
+
+    def ner_demonstrations(self, target: Target, texts: list[str]) -> list[list[NerDemonstration]] | None:
+        examples = self.served_slm
+        k = self.refinement.settings.ner_demonstrations
+        if not isinstance(examples, NerExamples) or examples.target != target.from_name or k <= 0:
+            return None
+        embeddings = self._embed(texts, examples)
+        if embeddings is None:
+            return None
+        return nearest_demonstrations(examples, target, embeddings, texts, k)
+
+    def _embed(self, texts: list[str], served: ServedSLM | NerExamples) -> np.ndarray | None:
+        try:
+            return self.refinement.encoders.embed(texts, served.encoder)
+        except EncoderUnavailable as exc:
+            log.error("event=slm_encoder_unavailable project=%s slm_version=%s error=%s",
+                      self.profile.key, served.version, exc)
+            return None

@@ -125,7 +125,8 @@ class Retraining:
             manifest = read_manifest(versions_dir(self.store.project_dir(project_key)) / version)
         except ModelFormatError:
             return None
-        return int((manifest.get("counts") or {}).get("annotations", 0))
+        counts = manifest.get("counts") or {}
+        return int(counts.get("annotations_total", counts.get("annotations", 0)))
 
     # --- what users look at ------------------------------------------------------------------
     def status(self, project_key: str) -> dict[str, Any]:

@@ -3,10 +3,14 @@
 `training/` writes a version; this module is what *serving* needs of it, so `ml_backend` never
 imports `training`. A version is a directory `MODEL_DIR/<project>/slm/<version>/` holding
 
-* `head.npz` — the linear head (`coef` (n_classes, dim), `intercept` (n_classes,)): no pickle
-  is ever loaded;
-* `manifest.json` — format, encoder, the target and its label names, the blend weights, the
-  calibration map, data counts, metrics, and the SHA-256 of `head.npz`.
+* `manifest.json` — format, kind, encoder, the target and its label names, data counts,
+  metrics, and the SHA-256 of every other file;
+* kind `slm-linear-head` (a `<Choices>` target): `head.npz` — the linear head (`coef`
+  (n_classes, dim), `intercept` (n_classes,)) — and, in the manifest, the blend weights and the
+  calibration map; no pickle is ever loaded;
+* kind `ner-examples` (a `<Labels>` target): `ner_examples.json` (the annotated texts and their
+  entities) and `ner_embeddings.npy` (their encoder embeddings), from which every task gets its
+  nearest annotated examples as the NER prompt's demonstrations.
 
 The served prediction (`blend_and_score`)::
 
@@ -21,9 +25,13 @@ the benchmark and the server compute the same number with the same code.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import re
 import shutil
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +41,10 @@ import numpy as np
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "head.npz"
 MANIFEST_FILE = "manifest.json"
+NER_EXAMPLES_FILE = "ner_examples.json"
+NER_EMBEDDINGS_FILE = "ner_embeddings.npy"
+KIND_HEAD = "slm-linear-head"
+KIND_NER = "ner-examples"
 EPSILON = 1e-9  # probabilities are clipped here before the log of the blend
 VERSION_PATTERN = re.compile(r"slm-(\d{4,9})")  # slm-0001, slm-0002, ... (sorts by number)
 
@@ -160,17 +172,120 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def _verified(directory: Path, manifest: dict[str, Any], name: str) -> Path:
+    path = directory / name
+    expected = (manifest.get("checksums") or {}).get(name)
+    if not path.is_file() or sha256_file(path) != expected:
+        raise ModelFormatError(f"{directory}: {name} is missing or does not match its checksum")
+    return path
+
+
 def load_served(directory: Path) -> ServedSLM:
-    """Load a version, verifying the manifest's checksum of the weights."""
+    """Load a classification version, verifying the manifest's checksum of the weights."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    weights_path = directory / WEIGHTS_FILE
-    expected = (manifest.get("checksums") or {}).get(WEIGHTS_FILE)
-    if not weights_path.is_file() or sha256_file(weights_path) != expected:
-        raise ModelFormatError(f"{directory}: {WEIGHTS_FILE} is missing or does not match its checksum")
-    with np.load(weights_path, allow_pickle=False) as weights:
+    with np.load(_verified(directory, manifest, WEIGHTS_FILE), allow_pickle=False) as weights:
         coef, intercept = np.asarray(weights["coef"]), np.asarray(weights["intercept"])
     return ServedSLM(version=directory.name, manifest=manifest, coef=coef, intercept=intercept)
+
+
+@dataclass(frozen=True)
+class NerExamples:
+    """A NER version: the project's annotated texts, their entities and embeddings."""
+
+    version: str
+    manifest: dict[str, Any]
+    texts: list[str]
+    entities: list[list[tuple[str, str]]]  # per text: (surface text, label result value), in text order
+    embeddings: np.ndarray  # (n, dim), L2-normalised
+
+    @property
+    def target(self) -> str | None:
+        return self.manifest.get("target")
+
+    @property
+    def encoder(self) -> str:
+        return str(self.manifest.get("encoder") or "")
+
+    def nearest(self, queries: np.ndarray, texts: list[str], k: int) -> list[list[int]]:
+        """For each query, the indices of the `k` most similar examples (cosine), most similar
+        last (closest to the task in the prompt); an example with the query's own text is skipped."""
+        if len(self.texts) == 0 or k <= 0:
+            return [[] for _ in texts]
+        similarity = np.asarray(queries, dtype=np.float32) @ self.embeddings.T
+        out = []
+        for row, text in enumerate(texts):
+            order = [int(i) for i in np.argsort(-similarity[row]) if self.texts[int(i)] != text][:k]
+            out.append(order[::-1])
+        return out
+
+
+def load_ner_examples(directory: Path) -> NerExamples:
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    try:
+        examples = json.loads(_verified(directory, manifest, NER_EXAMPLES_FILE).read_text(encoding="utf-8"))
+        embeddings = np.load(_verified(directory, manifest, NER_EMBEDDINGS_FILE), allow_pickle=False)
+        texts = [str(e["text"]) for e in examples]
+        entities = [[(str(surface), str(label)) for surface, label in e["entities"]] for e in examples]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelFormatError(f"{directory}: unreadable NER examples ({error})") from error
+    if embeddings.shape[0] != len(texts):
+        raise ModelFormatError(f"{directory}: {len(texts)} examples but {embeddings.shape[0]} embeddings")
+    return NerExamples(version=directory.name, manifest=manifest, texts=texts, entities=entities,
+                       embeddings=embeddings.astype(np.float32))
+
+
+def write_version(directory: Path, files: dict[str, bytes], manifest: dict[str, Any], *,
+                  overwrite: bool = False) -> Path:
+    """Write `files` + `manifest.json` (with their SHA-256) into `directory`, atomically.
+
+    Everything is written and fsynced in a temporary sibling directory, then renamed into
+    place: a crash at any point leaves no partial version (and the previous one serving). With
+    `overwrite` an existing directory is swapped out by two renames and removed only once the
+    new one is in place; without it an existing directory is an error."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} exists (pass overwrite=True to replace it)")
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
+    try:
+        checksums = {}
+        for name, payload in files.items():
+            _write_synced(staging / name, payload)
+            checksums[name] = hashlib.sha256(payload).hexdigest()
+        manifest = {**manifest, "format_version": FORMAT_VERSION, "checksums": checksums}
+        _write_synced(staging / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+        if directory.exists():
+            retired = directory.parent / f".old-{directory.name}-{os.getpid()}-{time.time_ns()}"
+            os.rename(directory, retired)
+            os.rename(staging, directory)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def _write_synced(path: Path, payload: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 # --- the versions of a project ------------------------------------------------------------------------
@@ -210,6 +325,7 @@ def version_summary(project_dir: Path, version: str) -> dict[str, Any]:
     manifest = read_manifest(versions_dir(project_dir) / version)
     return {
         "version": version,
+        "kind": manifest.get("kind"),
         "created_at": manifest.get("created_at"),
         "method": manifest.get("method"),
         "encoder": manifest.get("encoder"),

@@ -101,7 +101,17 @@ class WebhookHandlers:
             return "training is not enabled in this process"
         if not project_key or not self.store.exists(project_key):
             return "unknown project: connect it so /setup runs"
-        return None
+        state = self.store.load(project_key)
+        if not state.label_config:
+            return "unknown project: connect it so /setup runs"
+        try:
+            spec = self.profiles.of_state(state).spec
+        except UnsupportedConfig as exc:
+            return exc.message
+        trainable = any(not t.multiple for t in spec.classification_targets) or any(
+            t.object_tag == "Text" for t in spec.span_targets
+        )
+        return None if trainable else "nothing to learn: no single-choice <Choices> and no <Labels> on a Text"
 
     def annotation_changed(self, action: str, project_key: str | None, data: dict[str, Any]) -> dict[str, Any]:
         """An annotation was created, changed or deleted: count it; train once enough changed."""

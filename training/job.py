@@ -47,6 +47,7 @@ from ml_backend.slm_model import next_version, prune_versions, versions_dir
 from ml_backend.versioning import llm_version
 from training.annotations import annotations_fingerprint, combine_annotations
 from training.blend import LLMSLMBlend
+from training.ner_examples import examples_of, save_ner_examples
 from training.slm import SLMClassifier
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,9 @@ class TrainingRun:
         fingerprint = annotations_fingerprint((task.id, task.annotations) for task in tasks)
         if not self.forced and fingerprint == self._serving_fingerprint(state):
             raise NothingToTrain("no annotation changed since the serving version was trained")
+        annotations_total = sum(1 for task in tasks for a in task.annotations if not a.get("was_cancelled"))
+        if target.kind == "labels":
+            return self._run_ner(profile, target, tasks, fingerprint, annotations_total)
         texts = [target_text(task.as_task(), target) for task in tasks]
         rows = [i for i, text in enumerate(texts) if text is not None]
         if len(rows) < MIN_TASKS:
@@ -145,10 +149,36 @@ class TrainingRun:
         llm_probabilities = self._llm_distributions(profile, target, tasks, texts)
         embeddings = self._embed(texts)
         slm, blend, metrics = self._fit(embeddings, llm_probabilities, human_labels, labels)
-        version = self._save(slm, blend, metrics, profile, target, human, fingerprint, len(tasks))
+        version = self._save(slm, blend, metrics, profile, target, human, fingerprint, len(tasks), annotations_total)
         model_version = self._publish(version)
         return {"slm_version": version, "model_version": model_version, "metrics": metrics,
                 "tasks": len(tasks), "human_labels": int((human_labels >= 0).sum()), "timings_s": self.timings}
+
+    def _run_ner(self, profile: ProjectProfile, target: Target, tasks: list[TaskRecord], fingerprint: str,
+                 annotations_total: int) -> dict[str, Any]:
+        """NER: the annotated tasks and their embeddings become the version (`training.ner_examples`)."""
+        pairs = [(text, task.annotations) for task in tasks
+                 if (text := target_text(task.as_task(), target)) is not None and task.annotations]
+        texts, entities = examples_of(pairs, target, profile.options.offset_unit)
+        if not texts:
+            raise NothingToTrain(f"no task has an annotation of <Labels name=\"{target.from_name}\"> yet")
+        embeddings = self._embed(texts)
+        self._stage("save", 0, 1)
+        project_dir = self.context.store.project_dir(self.project_key)
+        version = next_version(project_dir)
+        counts = {"tasks": len(tasks), "human_labels": len(texts), "examples": len(texts),
+                  "entities": sum(len(found) for found in entities), "annotations": len(texts),
+                  "annotations_total": annotations_total}
+        save_ner_examples(versions_dir(project_dir) / version, texts, entities, embeddings, {
+            "target": target.from_name, "label_names": target.result_values,
+            "encoder": self.context.settings.slm_encoder, "encoder_id": self.context.encoders.get().encoder_id,
+            "annotations_fingerprint": fingerprint, "counts": counts, "metrics": {},
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        self._stage("save", 1, 1)
+        model_version = self._publish(version)
+        return {"slm_version": version, "model_version": model_version, "metrics": {}, "tasks": len(tasks),
+                "human_labels": len(texts), "timings_s": self.timings}
 
     def _read(self, state: ProjectState, target: Target) -> list[TaskRecord]:
         started = time.perf_counter()
@@ -227,7 +257,7 @@ class TrainingRun:
         return slm, blend, metrics
 
     def _save(self, slm: SLMClassifier, blend: LLMSLMBlend, metrics: dict[str, float], profile: ProjectProfile,
-              target: Target, human: list, fingerprint: str, n_tasks: int) -> str:
+              target: Target, human: list, fingerprint: str, n_tasks: int, annotations_total: int) -> str:
         started = time.perf_counter()
         self._stage("save", 0, 1)
         project_dir = self.context.store.project_dir(self.project_key)
@@ -240,7 +270,10 @@ class TrainingRun:
             "annotations_fingerprint": fingerprint,
             "blend": {"weights": blend_state["weights"], "calibration": blend_state["calibration"],
                       "human_labels": int(sum(h is not None for h in human))},
+            # annotations_total counts as Label Studio's total_annotations_number does (not skipped),
+            # so an event's count can be compared with it (`retraining`, reconciliation).
             "counts": {**slm.counts_, "annotations": int(sum(h.annotations for h in human if h is not None)),
+                       "annotations_total": annotations_total,
                        "contested_tasks": int(sum(1 for h in human if h is not None and h.agreement < 1.0))},
             "metrics": metrics,
             "trained_on_tasks": n_tasks,
@@ -263,10 +296,12 @@ class TrainingRun:
 
 
 def trainable_target(profile: ProjectProfile) -> Target:
-    """The single-choice classification target the SLM learns (the first one of the config)."""
+    """What a run learns: the first single-choice `<Choices>` (the SLM), else the first `<Labels>`
+    on a Text (annotated examples for the NER prompt)."""
     for target in profile.spec.classification_targets:
         if not target.multiple:
             return target
-    if profile.spec.span_targets:
-        raise NothingToTrain("NER projects do not train an SLM yet: their predictions stay the LLM's")
-    raise NothingToTrain("the labeling config has no single-choice <Choices> to learn")
+    for target in profile.spec.span_targets:
+        if target.object_tag == "Text":
+            return target
+    raise NothingToTrain("the labeling config has no single-choice <Choices> and no <Labels> on a Text to learn")

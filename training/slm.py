@@ -20,10 +20,6 @@ Saving writes the model into a temporary directory beside the target and publish
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,12 +29,13 @@ import numpy as np
 
 from ml_backend.slm_model import (
     FORMAT_VERSION,
-    MANIFEST_FILE,
+    KIND_HEAD,
     WEIGHTS_FILE,
-    ModelFormatError,
+    ModelFormatError,  # noqa: F401 - part of this module's interface (SLMClassifier.load raises it)
     load_served,
-    sha256_file,
+    npz_bytes,
     softmax,
+    write_version,
 )
 from training.noisy_labels import (
     FittedHead,
@@ -194,7 +191,7 @@ class SLMClassifier:
 
         return {
             "format_version": FORMAT_VERSION,
-            "kind": "slm-linear-head",
+            "kind": KIND_HEAD,
             "method": self.method,
             "encoder_id": self.encoder_id,
             "label_names": self.label_names,
@@ -210,40 +207,10 @@ class SLMClassifier:
         }
 
     def save(self, directory: Path, *, extra_manifest: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
-        """Write ``head.npz`` + ``manifest.json`` (with the weights' SHA-256) to ``directory`` atomically.
-
-        Everything is written and fsynced in a temporary sibling directory, then renamed into
-        place. With ``overwrite`` an existing directory is swapped out by two renames and removed
-        only once the new one is in place; without it an existing directory is an error.
-        """
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        if directory.exists() and not overwrite:
-            raise FileExistsError(f"{directory} exists (pass overwrite=True to replace it)")
-        staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
-        try:
-            weights_path = staging / WEIGHTS_FILE
-            with open(weights_path, "wb") as handle:
-                np.savez(handle, coef=self.coef_, intercept=self.intercept_)
-                handle.flush()
-                os.fsync(handle.fileno())
-            manifest = self.manifest(extra_manifest)
-            manifest["checksums"] = {WEIGHTS_FILE: sha256_file(weights_path)}
-            with open(staging / MANIFEST_FILE, "w", encoding="utf-8") as handle:
-                json.dump(manifest, handle, indent=2, ensure_ascii=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if directory.exists():
-                retired = directory.parent / f".old-{directory.name}-{os.getpid()}-{time.time_ns()}"
-                os.rename(directory, retired)
-                os.rename(staging, directory)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.rename(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return directory
+        """Write ``head.npz`` + ``manifest.json`` (with the weights' SHA-256) to ``directory``
+        atomically (``ml_backend.slm_model.write_version``)."""
+        return write_version(Path(directory), {WEIGHTS_FILE: npz_bytes(coef=self.coef_, intercept=self.intercept_)},
+                             self.manifest(extra_manifest), overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: Path) -> "SLMClassifier":

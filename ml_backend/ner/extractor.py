@@ -146,13 +146,24 @@ class NerExtractor:
 
     # --- 1. propose -------------------------------------------------------------------------
     def propose(
-        self, target: Target, texts: Sequence[str], *, demonstrations: Sequence[NerDemonstration] = ()
+        self,
+        target: Target,
+        texts: Sequence[str],
+        *,
+        demonstrations: Sequence[NerDemonstration] = (),
+        per_text_demonstrations: Sequence[Sequence[NerDemonstration]] | None = None,
     ) -> list[list[Proposal]]:
-        prompt = build_extraction_prompt(
-            self.provider.chat_format, target, instruction=self.options.instruction, demonstrations=demonstrations
-        )
+        """`per_text_demonstrations` (a project's nearest annotated examples, one list per text)
+        replaces the shared `demonstrations`; texts with the same examples share one prompt."""
+        prompts: dict[tuple[NerDemonstration, ...], object] = {}
         proposals = []
-        for text in texts:
+        for index, text in enumerate(texts):
+            demos = tuple(per_text_demonstrations[index] if per_text_demonstrations is not None else demonstrations)
+            prompt = prompts.get(demos)
+            if prompt is None:
+                prompt = prompts[demos] = build_extraction_prompt(
+                    self.provider.chat_format, target, instruction=self.options.instruction, demonstrations=demos
+                )
             generated = self.provider.generate(
                 prompt.prefix,
                 self.task_text(text),
@@ -187,9 +198,16 @@ class NerExtractor:
 
     # --- all steps --------------------------------------------------------------------------
     def predict(
-        self, target: Target, texts: Sequence[str], *, demonstrations: Sequence[NerDemonstration] = ()
+        self,
+        target: Target,
+        texts: Sequence[str],
+        *,
+        demonstrations: Sequence[NerDemonstration] = (),
+        per_text_demonstrations: Sequence[Sequence[NerDemonstration]] | None = None,
     ) -> list[TaskEntities]:
-        proposals = self.propose(target, texts, demonstrations=demonstrations)
+        proposals = self.propose(
+            target, texts, demonstrations=demonstrations, per_text_demonstrations=per_text_demonstrations
+        )
         aligned = [align_proposals(text, task_proposals) for text, task_proposals in zip(texts, proposals)]
         probabilities, p_any = self.score_spans(target, texts, [[span.surface for span in spans] for spans in aligned])
         return [

@@ -130,7 +130,16 @@ def test_a_crash_mid_save_leaves_the_previous_version_loadable(tmp_path, monkeyp
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr("training.slm.json.dump", crash)
+    from ml_backend import slm_model
+
+    write = slm_model._write_synced
+
+    def crash_on_manifest(path, payload):  # the weights are written, the manifest never is
+        if path.name == slm_model.MANIFEST_FILE:
+            crash()
+        write(path, payload)
+
+    monkeypatch.setattr(slm_model, "_write_synced", crash_on_manifest)
     with pytest.raises(KeyboardInterrupt):
         new.save(target, overwrite=True)
     np.testing.assert_allclose(SLMClassifier.load(target).predict_proba(X), expected)

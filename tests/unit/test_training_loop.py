@@ -263,7 +263,16 @@ def test_a_crash_while_saving_keeps_the_previous_version_serving(loop, monkeypat
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("training.slm.json.dump", crash)
+    from ml_backend import slm_model
+
+    write = slm_model._write_synced
+
+    def crash_on_manifest(path, payload):  # the weights are written, the manifest never is
+        if path.name == slm_model.MANIFEST_FILE:
+            crash()
+        write(path, payload)
+
+    monkeypatch.setattr(slm_model, "_write_synced", crash_on_manifest)
     client.post("/train", json={"project": {"id": 5}})
     services.runner.wait_idle(60)
     after = services.store.load(PROJECT)
@@ -339,3 +348,55 @@ def test_a_saved_version_serves_what_the_trained_slm_and_blend_predict(tmp_path)
     assert np.allclose(got.score, expected.score) and np.array_equal(got.predicted, expected.predicted)
     assert np.allclose(got.llm_wrong_probability, expected.llm_wrong_probability)
     assert served.serves("sentiment", LABELS) and not served.serves("sentiment", ["positive", "neutral"])
+
+
+NER_EN = (LABELING_CONFIGS / "ner_en.xml").read_text()
+NER_PROJECT = "8.1795457094"
+
+
+def _ner_annotation(text: str, surface: str, label: str) -> dict:
+    start = text.index(surface)
+    return {"id": 900 + len(text), "was_cancelled": False, "ground_truth": False, "updated_at": "2026-12-01T00:00:00Z",
+            "result": [{"from_name": "label", "to_name": "text", "type": "labels",
+                        "value": {"start": start, "end": start + len(surface), "text": surface, "labels": [label]}}]}
+
+
+def test_annotated_ner_tasks_become_the_nearest_tasks_demonstrations(settings, keyword_runtime):
+    settings = settings.model_copy(update={"preannotate_auto": True, "job_retries": 0, "preannotate_first_page": 0})
+    texts = [f"Zorblat from Quuxland called on day {i}." for i in range(6)] + [f"Rain fell on field {i}." for i in range(6)]
+    fake = FakeLabelStudio.with_texts(texts)
+    encoder = KeywordEncoder()
+    prompts: list[str] = []
+    generate = keyword_runtime.generate
+
+    def recording_generate(prefix, task, suffix, **kwargs):
+        prompts.append(keyword_runtime.detokenize(prefix) if not isinstance(prefix, str) else prefix)
+        return generate(prefix, task, suffix, **kwargs)
+
+    keyword_runtime.generate = recording_generate
+    services = build_services(settings, runtime_loader=lambda: keyword_runtime, client_factory=lambda state: fake,
+                              encoder_loader=lambda name: encoder)
+    client = create_app(services=services).test_client()
+    client.post("/setup", json={"project": NER_PROJECT, "schema": NER_EN})
+    assert services.runner.wait_idle(30)
+    fake.annotations[1] = [_ner_annotation(texts[0], "Zorblat", "PER")]
+    fake.annotations[7] = [{**_ner_annotation(texts[6], "Rain", "PER"), "result": []}]  # no entity: an example too
+    answer = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 8}})
+    assert answer.json["status"] == "queued"
+    prompts.clear()
+    assert services.runner.wait_idle(60) and services.runner.wait_idle(60)
+
+    state = services.store.load(NER_PROJECT)
+    assert state.slm_version == "slm-0001"
+    (summary,) = client.get(f"/versions?project={NER_PROJECT}").json["slm_versions"]
+    assert summary["kind"] == "ner-examples" and summary["counts"]["examples"] == 2
+    version = services.bulk.status(NER_PROJECT)["model_version"]
+    unlabeled = [t for t in fake.task_data if t not in (1, 7)]
+    assert sorted(_latest(fake, version)) == unlabeled
+    # Each task's prompt shows the annotated example most like it, closest to the task (last).
+    zorblat_prompts = [p for p in prompts if "Zorblat from Quuxland called on day 0." in p]
+    assert zorblat_prompts and all('["Zorblat", "PER"]' in p for p in zorblat_prompts)
+    assert len(prompts) == len(unlabeled)
+    last_examples = [p.rsplit("Text:", 2)[-2] for p in prompts]
+    assert sum("Zorblat" in example for example in last_examples) == 5  # the 5 unlabeled Zorblat tasks
+    assert sum("Rain fell" in example for example in last_examples) == 5  # the 5 unlabeled rain tasks
