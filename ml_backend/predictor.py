@@ -78,8 +78,9 @@ class Refined:
 
 
 class TargetHook(Protocol):
-    """What the learning loop adds around the LLM's scores of a classification target
-    (`ml_backend.refinement`): distributions remembered per task, and the trained SLM's blend."""
+    """What the learning loop adds around the LLM (`ml_backend.refinement`): for `<Choices>`,
+    distributions remembered per task and the trained SLM's blend; for `<Labels>`, each task's
+    nearest annotated examples as demonstrations."""
 
     def known(self, target: Target, tasks: list[tuple[int, str]]) -> dict[int, np.ndarray]:
         """LLM distributions already computed for these (task id, text) pairs."""

@@ -17,3 +17,22 @@ def bulk_app(settings, keyword_runtime):
         )
 
     return build
+
+
+@pytest.fixture
+def crash_writing_manifest(monkeypatch):
+    """`crash_writing_manifest(error)`: every version written from now on dies after its data
+    files, right before its manifest — a process killed mid-write."""
+    from ml_backend import slm_model
+
+    write = slm_model._write_synced
+
+    def arm(error: BaseException) -> None:
+        def crash_on_manifest(path, payload):
+            if path.name == slm_model.MANIFEST_FILE:
+                raise error
+            write(path, payload)
+
+        monkeypatch.setattr(slm_model, "_write_synced", crash_on_manifest)
+
+    return arm

@@ -119,7 +119,7 @@ def test_binary_head_probabilities_match_sklearn():
     np.testing.assert_allclose(model.predict_proba(X), reference.predict_proba(X), atol=1e-6)
 
 
-def test_a_crash_mid_save_leaves_the_previous_version_loadable(tmp_path, monkeypatch):
+def test_a_crash_mid_save_leaves_the_previous_version_loadable(tmp_path, monkeypatch, crash_writing_manifest):
     X, truth, llm_labels, _ = _clusters(n=200, n_classes=2, seed=8)
     old = SLMClassifier(method="naive", cross_fit=False).fit(X, _one_hot_soft(llm_labels, 2))
     target = old.save(tmp_path / "current")
@@ -127,19 +127,7 @@ def test_a_crash_mid_save_leaves_the_previous_version_loadable(tmp_path, monkeyp
 
     new = SLMClassifier(method="naive", cross_fit=False).fit(X, _one_hot_soft(1 - llm_labels, 2))
 
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt("killed mid-write")
-
-    from ml_backend import slm_model
-
-    write = slm_model._write_synced
-
-    def crash_on_manifest(path, payload):  # the weights are written, the manifest never is
-        if path.name == slm_model.MANIFEST_FILE:
-            crash()
-        write(path, payload)
-
-    monkeypatch.setattr(slm_model, "_write_synced", crash_on_manifest)
+    crash_writing_manifest(KeyboardInterrupt("killed mid-write"))
     with pytest.raises(KeyboardInterrupt):
         new.save(target, overwrite=True)
     np.testing.assert_allclose(SLMClassifier.load(target).predict_proba(X), expected)

@@ -253,26 +253,14 @@ def test_nothing_new_means_no_new_version_but_start_training_retrains(loop):
     assert services.store.load(PROJECT).slm_version == "slm-0002"
 
 
-def test_a_crash_while_saving_keeps_the_previous_version_serving(loop, monkeypatch):
+def test_a_crash_while_saving_keeps_the_previous_version_serving(loop, crash_writing_manifest):
     app, client, services, fake, _ = loop
     _annotate(client, fake, range(1, 11))
     services.runner.wait_idle(60)
     services.runner.wait_idle(60)
     serving = services.store.load(PROJECT)
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    from ml_backend import slm_model
-
-    write = slm_model._write_synced
-
-    def crash_on_manifest(path, payload):  # the weights are written, the manifest never is
-        if path.name == slm_model.MANIFEST_FILE:
-            crash()
-        write(path, payload)
-
-    monkeypatch.setattr(slm_model, "_write_synced", crash_on_manifest)
+    crash_writing_manifest(OSError("disk full"))
     client.post("/train", json={"project": {"id": 5}})
     services.runner.wait_idle(60)
     after = services.store.load(PROJECT)
