@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     train_min_new_annotations: int = Field(
         10, ge=1, description="New, changed or deleted annotations that start a training run (Start Training: any)."
     )
+    train_debounce_s: float = Field(
+        2.0, ge=0, le=60,
+        description="A training run starts once no annotation event arrived for this long (at most 30 s of "
+        "waiting): a burst of events (a bulk edit, a team submitting at once) becomes one run.",
+    )
     slm_encoder: Literal["embeddinggemma", "e5-small", "minilm"] = Field(
         "embeddinggemma",
         description="Frozen text encoder of the SLM: embeddinggemma (multilingual, Gemma Terms of Use), "

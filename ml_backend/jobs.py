@@ -404,9 +404,12 @@ def build_rq_worker(settings: Settings):
                 thread.join(timeout=5)
 
     connection = redis.Redis.from_url(settings.redis_url)
+    # An idle worker blocks on the queue for worker_ttl − 15 s and runs the maintenance only between
+    # two waits: with rq's default (420 s) a dead worker's job would wait ~7 minutes for it.
     return HeartbeatSimpleWorker(
         [Queue(settings.rq_queue, connection=connection)], connection=connection,
         job_monitoring_interval=beat_s, maintenance_interval=settings.worker_maintenance_s,
+        worker_ttl=settings.worker_maintenance_s + 15,
     )
 
 

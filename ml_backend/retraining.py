@@ -15,7 +15,9 @@ Rules:
   the reconciliation says so) and `TRAINING_AUTO` is on.
 * `START_TRAINING` (the button, or `POST /train`) starts a run at once, even with no new event.
 * Coalesced by the job runner: at most one run queued and one running per project; events
-  during a run queue exactly one follow-up.
+  during a run queue exactly one follow-up. A run starts reading only once the events have been
+  quiet for `TRAIN_DEBOUNCE_S` (`training.job.wait_for_quiet`), so a burst is one run, not one per
+  `TRAIN_MIN_NEW_ANNOTATIONS` events.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def settings(tmp_path):
     # that unit tests must not call (tests/unit/test_preannotate.py turns it on where it is the subject).
     return Settings(
         model_dir=tmp_path / "store", bias_calibration="none", cache_dir=tmp_path / "cache", preannotate_auto=False,
-        redis_url=None,
+        redis_url=None, train_debounce_s=0,
     )
 
 

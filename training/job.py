@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 LLM_BATCH = 16  # tasks per LLM scoring step (progress, deadline checks, cache writes)
 MIN_TASKS = 8  # fewer tasks with text: nothing worth learning
+MAX_DEBOUNCE_S = 30.0  # a run waits at most this long for a burst of events to end
 
 
 class TrainingContext(Protocol):
@@ -79,9 +80,26 @@ def train_project(project_key: str, *, context: TrainingContext,
                   on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """The job (see the module docstring). Returns a summary; raises on failure."""
     project_key = str(project_key)
+    wait_for_quiet(context.kv, keys.training_events(project_key), context.settings.train_debounce_s)
     events = context.kv.move_set(keys.training_events(project_key), keys.training_active(project_key))
     forced = any(event.startswith(f"{FORCE_EVENT}:") for event in events)
     return TrainingRun(context, project_key, forced=forced, on_progress=on_progress).execute()
+
+
+def wait_for_quiet(kv: KV, events_key: str, quiet_s: float, *, most_s: float = MAX_DEBOUNCE_S) -> None:
+    """Wait until no event joined `events_key` for `quiet_s` (at most `most_s`): a burst of
+    webhooks (50 annotators submitting, a bulk edit) is taken by this run as a whole, instead of
+    starting a follow-up run every TRAIN_MIN_NEW_ANNOTATIONS events."""
+    if quiet_s <= 0:
+        return
+    deadline = time.monotonic() + most_s
+    seen = len(kv.smembers(events_key))
+    while time.monotonic() < deadline:
+        time.sleep(min(quiet_s, max(0.0, deadline - time.monotonic())))
+        now = len(kv.smembers(events_key))
+        if now == seen:
+            return
+        seen = now
 
 
 class TrainingRun:

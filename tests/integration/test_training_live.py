@@ -44,6 +44,15 @@ def _worker_running(redis_url: str, job_id: str) -> int | None:
     return None
 
 
+def _rq_idle(redis_url: str, queue_name: str) -> bool:
+    """Nothing queued, scheduled (a retry) or started on the queue: every job, retries included, is over."""
+    import redis
+    from rq import Queue
+
+    queue = Queue(queue_name, connection=redis.Redis.from_url(redis_url))
+    return queue.count == 0 and queue.scheduled_job_registry.count == 0 and queue.started_job_registry.count == 0
+
+
 def _setup(backend_url: str, project_id: int) -> str:
     return requests.post(f"{backend_url}/setup", json={"project": str(project_id), "schema": SENTIMENT_EN},
                          timeout=10).json()["model_version"]
@@ -125,7 +134,9 @@ def test_annotations_train_a_version_that_survives_a_killed_worker_and_reaches_e
                 "project": project.id}).json()
             assert served["model_version"] == second and "mislabeling" in served["results"][0]
 
-            # A burst of 50 concurrent annotation webhooks: all answered, one or two runs.
+            # A burst of 50 concurrent annotation webhooks: all answered, one or two runs. First let
+            # every earlier job finish (the killed run's retry may still be scheduled).
+            wait_for(lambda: _rq_idle(redis_url, env["RQ_QUEUE"]), bool, timeout=600, what="the queue drained")
             runs_before = _training(backend_url, project.id)["runs"]
             project_body = {"id": project.id, "total_annotations_number": N_ANNOTATED}
 

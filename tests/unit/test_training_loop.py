@@ -388,3 +388,28 @@ def test_annotated_ner_tasks_become_the_nearest_tasks_demonstrations(settings, k
     last_examples = [p.rsplit("Text:", 2)[-2] for p in prompts]
     assert sum("Zorblat" in example for example in last_examples) == 5  # the 5 unlabeled Zorblat tasks
     assert sum("Rain fell" in example for example in last_examples) == 5  # the 5 unlabeled rain tasks
+
+
+def test_a_run_waits_until_a_burst_of_events_is_over():
+    import threading
+    import time
+
+    from training.job import wait_for_quiet
+
+    kv = MemoryKV()
+    stop = threading.Event()
+
+    def burst():
+        for i in range(6):
+            kv.sadd("events", [f"ANNOTATION_CREATED:{i}"])
+            time.sleep(0.05)
+        stop.set()
+
+    thread = threading.Thread(target=burst)
+    thread.start()
+    wait_for_quiet(kv, "events", 0.2)
+    assert stop.is_set() and len(kv.smembers("events")) == 6  # it returned only after the last event
+    thread.join()
+    started = time.monotonic()
+    wait_for_quiet(kv, "events", 0.1)
+    assert time.monotonic() - started < 1.0  # quiet already: one look, then go
