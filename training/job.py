@@ -43,7 +43,7 @@ from ml_backend.profile import Profiles, ProjectProfile
 from ml_backend.publishing import Publisher
 from ml_backend.refinement import Encoders
 from ml_backend.retraining import FORCE_EVENT, TrainingStatus
-from ml_backend.slm_model import next_version, prune_versions, versions_dir
+from ml_backend.slm_model import ModelFormatError, next_version, prune_versions, read_manifest, versions_dir
 from ml_backend.versioning import llm_version
 from training.annotations import annotations_fingerprint, combine_annotations
 from training.blend import LLMSLMBlend
@@ -151,7 +151,7 @@ class TrainingRun:
         target = trainable_target(profile)
         tasks = self._read(state, target)
         fingerprint = annotations_fingerprint((task.id, task.annotations) for task in tasks)
-        if not self.forced and fingerprint == self._serving_fingerprint(state):
+        if not self.forced and self._serving_is_current(state, profile, target, fingerprint):
             raise NothingToTrain("no annotation changed since the serving version was trained")
         annotations_total = sum(1 for task in tasks for a in task.annotations if not a.get("was_cancelled"))
         if target.kind == "labels":
@@ -190,7 +190,7 @@ class TrainingRun:
         save_ner_examples(versions_dir(project_dir) / version, texts, entities, embeddings, {
             "target": target.from_name, "label_names": target.result_values,
             "encoder": self.context.settings.slm_encoder, "encoder_id": self.context.encoders.get().encoder_id,
-            "annotations_fingerprint": fingerprint, "counts": counts, "metrics": {},
+            "llm_version": llm_version(profile.version), "annotations_fingerprint": fingerprint, "counts": counts, "metrics": {},
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
         self._stage("save", 1, 1)
@@ -208,16 +208,20 @@ class TrainingRun:
                  sum(1 for t in tasks if t.annotations))
         return tasks
 
-    def _serving_fingerprint(self, state: ProjectState) -> str | None:
+    def _serving_is_current(self, state: ProjectState, profile: ProjectProfile, target: Target,
+                            fingerprint: str) -> bool:
+        """The serving version learned from these very annotations, for this target, labels and
+        LLM prompt (a changed config or instruction makes it stale even with no new annotation)."""
         if not state.slm_version:
-            return None
-        from ml_backend.slm_model import ModelFormatError, read_manifest
-
+            return False
         try:
             manifest = read_manifest(versions_dir(self.context.store.project_dir(self.project_key)) / state.slm_version)
         except ModelFormatError:
-            return None
-        return manifest.get("annotations_fingerprint")
+            return False
+        return (manifest.get("annotations_fingerprint") == fingerprint
+                and manifest.get("target") == target.from_name
+                and manifest.get("label_names") == target.result_values
+                and manifest.get("llm_version") == llm_version(profile.version))
 
     def _llm_distributions(self, profile: ProjectProfile, target: Target, tasks: list[TaskRecord],
                            texts: list[str]) -> np.ndarray:

@@ -413,3 +413,22 @@ def test_a_run_waits_until_a_burst_of_events_is_over():
     started = time.monotonic()
     wait_for_quiet(kv, "events", 0.1)
     assert time.monotonic() - started < 1.0  # quiet already: one look, then go
+
+
+def test_a_changed_labeling_config_makes_the_next_run_retrain_without_new_annotations(loop):
+    app, client, services, fake, _ = loop
+    _annotate(client, fake, range(1, 11))
+    services.runner.wait_idle(60)
+    services.runner.wait_idle(60)
+    assert services.store.load(PROJECT).slm_version == "slm-0001"
+    three_labels = SENTIMENT_EN.replace('<Choice value="negative"', '<Choice value="mixed"/>\n    <Choice value="negative"')
+    answer = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 5, "label_config": three_labels}})
+    assert answer.json["status"] == "config_updated"
+    services.runner.wait_idle(60)
+    services.retraining.annotation_changed(PROJECT, "ANNOTATION_UPDATED", {"project": {"total_annotations_number": 99}})
+    services.runner.wait_idle(60)
+    services.runner.wait_idle(60)
+    state = services.store.load(PROJECT)
+    assert state.slm_version == "slm-0002"
+    served = load_served(versions_dir(services.store.project_dir(PROJECT)) / "slm-0002")
+    assert served.label_names == ["positive", "mixed", "negative"]
