@@ -32,7 +32,7 @@ from ml_backend.config import Settings
 from ml_backend.jobs import Enqueued, JobRunner
 from ml_backend.kv import KV
 from ml_backend.model_store import ModelStore
-from ml_backend.slm_model import ModelFormatError, list_versions, read_manifest, version_summary, versions_dir
+from ml_backend.slm_model import ModelFormatError, list_versions, serving_manifest, version_summary
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,8 @@ class Retraining:
         return abs(total - seen) if seen is not None else total
 
     def trained_annotations(self, project_key: str) -> int | None:
-        version = self.store.load(project_key).slm_version
-        if not version:
-            return None
-        try:
-            manifest = read_manifest(versions_dir(self.store.project_dir(project_key)) / version)
-        except ModelFormatError:
+        manifest = serving_manifest(self.store.project_dir(project_key), self.store.load(project_key).slm_version)
+        if manifest is None:
             return None
         counts = manifest.get("counts") or {}
         return int(counts.get("annotations_total", counts.get("annotations", 0)))

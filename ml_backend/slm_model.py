@@ -320,6 +320,17 @@ def prune_versions(project_dir: Path, keep: int, current: str | None) -> list[st
     return removed
 
 
+def serving_manifest(project_dir: Path, version: str | None) -> dict[str, Any] | None:
+    """The manifest of a project's serving version; None when there is none or it is unreadable
+    (callers then treat the project as never trained)."""
+    if not version:
+        return None
+    try:
+        return read_manifest(versions_dir(project_dir) / version)
+    except ModelFormatError:
+        return None
+
+
 def version_summary(project_dir: Path, version: str) -> dict[str, Any]:
     """What /versions and the status endpoint show of a version (its manifest, minus bulk)."""
     manifest = read_manifest(versions_dir(project_dir) / version)

@@ -43,7 +43,7 @@ from ml_backend.profile import Profiles, ProjectProfile
 from ml_backend.publishing import Publisher
 from ml_backend.refinement import Encoders
 from ml_backend.retraining import FORCE_EVENT, TrainingStatus
-from ml_backend.slm_model import ModelFormatError, next_version, prune_versions, read_manifest, versions_dir
+from ml_backend.slm_model import next_version, prune_versions, serving_manifest, versions_dir
 from ml_backend.versioning import llm_version
 from training.annotations import annotations_fingerprint, combine_annotations
 from training.blend import LLMSLMBlend
@@ -212,13 +212,8 @@ class TrainingRun:
                             fingerprint: str) -> bool:
         """The serving version learned from these very annotations, for this target, labels and
         LLM prompt (a changed config or instruction makes it stale even with no new annotation)."""
-        if not state.slm_version:
-            return False
-        try:
-            manifest = read_manifest(versions_dir(self.context.store.project_dir(self.project_key)) / state.slm_version)
-        except ModelFormatError:
-            return False
-        return (manifest.get("annotations_fingerprint") == fingerprint
+        manifest = serving_manifest(self.context.store.project_dir(self.project_key), state.slm_version)
+        return manifest is not None and (manifest.get("annotations_fingerprint") == fingerprint
                 and manifest.get("target") == target.from_name
                 and manifest.get("label_names") == target.result_values
                 and manifest.get("llm_version") == llm_version(profile.version))
