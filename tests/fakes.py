@@ -1,4 +1,5 @@
-"""An in-memory Label Studio project with the interface of `ml_backend.ls_client.ProjectClient`.
+"""Fakes for unit tests: an in-memory Label Studio project with the interface of
+`ml_backend.ls_client.ProjectClient`, and a keyword-driven frozen encoder.
 
 Unit tests inject it through `build_services(client_factory=...)`, so the pre-annotation job's rules
 (dedupe, stand-ins, first page, resume) run in milliseconds; the real client is exercised
@@ -7,9 +8,13 @@ against a real Label Studio in tests/integration/.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
+
+import numpy as np
 
 from ml_backend.ls_client import TaskRecord
 
@@ -90,3 +95,24 @@ class FakeLabelStudio:
         for prediction in self.predictions.values():
             per_task[prediction["task"]].append(prediction["model_version"])
         return per_task
+
+
+class KeywordEncoder:
+    """A fake frozen encoder: where the sentiment words are, plus a hashed bag of the other words."""
+
+    encoder_id = "keyword-encoder-test"
+    dim = 18
+
+    def __init__(self):
+        self.encoded = 0
+
+    def encode(self, texts):
+        self.encoded += len(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            words = re.findall(r"\w+", text.lower())
+            out[row, 0] = words.count("great") + words.count("positive")
+            out[row, 1] = words.count("awful") + words.count("negative")
+            for word in words:
+                out[row, 2 + int(hashlib.md5(word.encode()).hexdigest(), 16) % 16] += 0.2
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)

@@ -17,7 +17,7 @@ from ml_backend.retraining import TRAIN_JOB, Retraining
 from ml_backend.slm_model import list_versions, load_served, versions_dir
 from ml_backend.wiring import build_services
 from tests.conftest import LABELING_CONFIGS
-from tests.fakes import FakeLabelStudio
+from tests.fakes import FakeLabelStudio, KeywordEncoder
 from training.annotations import combine_annotations
 
 SENTIMENT_EN = (LABELING_CONFIGS / "sentiment_en.xml").read_text()
@@ -124,27 +124,6 @@ def test_deleted_annotations_count_as_changes(retraining):
 
 
 # --- the whole loop, in process ------------------------------------------------------------------------
-class KeywordEncoder:
-    """A fake frozen encoder: where the sentiment words are, plus a hashed bag of the other words."""
-
-    encoder_id = "keyword-encoder-test"
-    dim = 18
-
-    def __init__(self):
-        self.encoded = 0
-
-    def encode(self, texts):
-        self.encoded += len(texts)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            words = re.findall(r"\w+", text.lower())
-            out[row, 0] = words.count("great") + words.count("positive")
-            out[row, 1] = words.count("awful") + words.count("negative")
-            for word in words:
-                out[row, 2 + int(hashlib.md5(word.encode()).hexdigest(), 16) % 16] += 0.2
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
-
-
 def _review(i: int) -> tuple[str, str]:
     """Half the reviews say what they mean with words the fake LLM reads ("positive"/"negative");
     the other half only with words it cannot read ("great"/"awful"), which the SLM learns."""
