@@ -181,6 +181,7 @@ class Settings(BaseSettings):
 
     # --- Storage, logging, auth ---------------------------------------------------
     model_dir: Path = Field(Path("model_store"), description="Per-project state (versions, calibration).")
+    lsllm_home: Path = Field(Path(".lsllm"), description="`lsllm` (batch command line): where file projects keep their state.")
     cache_dir: Path = Field(
         Path.home() / ".cache" / "ls-llm-backend",
         description="Where the embedded default GGUF is assembled once (and encoders, embeddings).",

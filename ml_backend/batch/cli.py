@@ -47,14 +47,19 @@ Ctrl-C during `label` keeps the rows done so far: run the same command again to 
 """
 
 
-def _add_task_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("what to label (one of --labels / --config)")
+def _add_task_options(parser: argparse.ArgumentParser, *, project: bool = True) -> None:
+    group = parser.add_argument_group("what to label (one of --labels / --config / --project)")
     group.add_argument("--labels", help="comma-separated label names, e.g. positive,negative,neutral")
-    group.add_argument("--hint", action="append", metavar="LABEL=TEXT",
+    group.add_argument("--hint", "--hints", action="append", metavar="LABEL=TEXT",
                        help="a label's definition for the LLM (repeat per label; with --labels)")
     group.add_argument("--ner", action="store_true", help="with --labels: named entities instead of one label per row")
     group.add_argument("--config", help="a Label Studio labeling config (XML file), or the name of one in labeling_configs/")
     group.add_argument("--instruction", help="a sentence for the LLM about the task (as the backend's INSTRUCTION)")
+    if project:
+        group.add_argument("--project", help="a connected Label Studio project's model instead (its config, cold start "
+                           "and trained SLM, read from the server's MODEL_DIR, which must be set); nothing of it changes")
+    else:
+        parser.set_defaults(project=None)
     parser.add_argument("--text-column", required=True, help="the column holding the text to label")
     parser.add_argument("--encoding", help="text encoding of a CSV/TSV/JSONL input (default: detected)")
     parser.add_argument("--home", type=Path, help="where file projects keep their state (default: $LSLLM_HOME or ./.lsllm)")
@@ -92,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the SLM from the file's labels (+ checked ones) with the webhook job's code",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     train.add_argument("file", type=Path, help="a file with LLM and/or human labels")
-    _add_task_options(train)
+    _add_task_options(train, project=False)
     train.add_argument("--label-column", default="label", help="noisy labels, e.g. the LLM's (default: label)")
     train.add_argument("--confidence-column", default="confidence",
                        help="their confidence, if the file has it (default: confidence)")
@@ -115,16 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- commands ----------------------------------------------------------------------------------------
 def _definition(args: argparse.Namespace):
-    from ml_backend.batch.engine import task_definition
+    from ml_backend.batch.engine import BatchError, task_definition
 
+    if args.project:
+        if args.labels or args.config:
+            raise BatchError("--project brings its own labeling config: leave out --labels/--config")
+        return None
     return task_definition(config=args.config, labels=args.labels, hints=args.hint, ner=args.ner,
                            instruction=args.instruction)
 
 
 def _project(args: argparse.Namespace, definition):
-    from ml_backend.batch.engine import FileProject, batch_settings, default_home
+    from ml_backend.batch.engine import FileProject, batch_settings
 
-    return FileProject.open(definition, batch_settings(args.home or default_home()),
+    if args.project:
+        return FileProject.attach(args.project, args.settings, runtime_loader=args.runtime_loader,
+                                  encoder_loader=args.encoder_loader)
+    return FileProject.open(definition, batch_settings(args.settings, args.home),
                             runtime_loader=args.runtime_loader, encoder_loader=args.encoder_loader)
 
 
@@ -271,17 +283,17 @@ def cmd_to_label_studio(args: argparse.Namespace) -> int:
     from ml_backend.batch.engine import BatchError
     from ml_backend.batch.export import import_tasks, upload
     from ml_backend.batch.files import atomic_write_bytes, read_table
-    from ml_backend.config import load_settings
 
     definition = _definition(args)
     table = read_table(args.file, encoding=args.encoding)
     table.require_column(args.text_column, "--text-column")
     project = _project(args, definition)
+    definition = project.definition
     embeddings = None
     if not args.no_clusters:
         texts = [row[args.text_column] for row in table.rows]
         embeddings = project.services.encoders.embed(texts)
-    settings = load_settings()  # Label Studio's offsets as the server uses them (the file has code points)
+    settings = args.settings  # Label Studio's offsets as the server uses them (the file has code points)
     items = import_tasks(table, args.text_column, definition, embeddings, unit=settings.label_studio_offsets)
     output = args.output or args.file.with_name(f"{args.file.stem}.label-studio.json")
     atomic_write_bytes(output, json.dumps(items, ensure_ascii=False, indent=1).encode("utf-8"))
@@ -301,7 +313,7 @@ def main(argv: Sequence[str] | None = None, *, runtime_loader=None, encoder_load
     """The command; tests inject a fake LLM / encoder through the loaders (None: the configured ones)."""
     from ml_backend.batch.engine import BatchError
     from ml_backend.batch.files import InputFileError
-    from ml_backend.config import SettingsError
+    from ml_backend.config import SettingsError, load_settings
     from ml_backend.encoders import EncoderUnavailable
     from ml_backend.report import ReportInputError
 
@@ -311,6 +323,7 @@ def main(argv: Sequence[str] | None = None, *, runtime_loader=None, encoder_load
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
+        args.settings = load_settings()  # once per process, from the environment (as the server's)
         return args.func(args)
     except (BatchError, InputFileError, ReportInputError, SettingsError, EncoderUnavailable) as exc:
         print(f"lsllm {args.command}: error: {exc}", file=sys.stderr)

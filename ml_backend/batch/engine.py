@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import html
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ml_backend.batch.files import InputFileError, Table
-from ml_backend.config import Settings, load_settings
+from ml_backend.config import Settings
 from ml_backend.errors import UnsupportedConfig
 from ml_backend.label_config import LabelSpec, Target, parse_label_config
 from ml_backend.ls_client import TaskRecord
@@ -36,7 +35,6 @@ from ml_backend.slm_model import ServedSLM
 log = logging.getLogger(__name__)
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "labeling_configs"
-HOME_ENV = "LSLLM_HOME"
 TRAIN_JOB = "training.job.train_project"  # run by dotted path, as the job runner does (ml_backend never imports training)
 UNSURE_LABEL_CONFIDENCE = 0.9  # a --label-column without a confidence column: each label counts as 90% sure
 
@@ -185,15 +183,13 @@ def label_distribution(labels: list[str], label: str, confidence: float | None) 
 
 
 # --- the project ------------------------------------------------------------------------------------
-def batch_settings(home: Path, **overrides: Any) -> Settings:
-    """The environment's settings (the LLM, the encoder, ...) for a file project: in-process,
-    no Redis, no Label Studio, offsets in code points (what a Python user slices with)."""
-    return load_settings(model_dir=home / "projects", redis_url=None, preannotate_auto=False, train_debounce_s=0,
-                         label_studio_offsets="codepoint", **overrides)
-
-
-def default_home() -> Path:
-    return Path(os.environ.get(HOME_ENV) or ".lsllm")
+def batch_settings(settings: Settings, home: Path | None = None) -> Settings:
+    """The process's settings (the LLM, the encoder, ...) made a file project's: state under
+    `home` (default LSLLM_HOME), in-process, no Redis, no Label Studio, offsets in code points
+    (what a Python user slices with)."""
+    home = Path(home or settings.lsllm_home)
+    return settings.model_copy(update={"model_dir": home / "projects", "redis_url": None, "preannotate_auto": False,
+                                       "train_debounce_s": 0.0, "label_studio_offsets": "codepoint"})
 
 
 @dataclass
@@ -203,6 +199,32 @@ class FileProject:
     services: Any = None
     key: str = ""
     label_studio: FileLabelStudio = field(default_factory=lambda: FileLabelStudio([]))
+    read_only: bool = False  # a Label Studio project's model, borrowed: its state is never written
+
+    @classmethod
+    def attach(cls, project: str, settings: Settings, *, runtime_loader=None, encoder_loader=None) -> "FileProject":
+        """A connected Label Studio project's model (config, cold start, trained SLM) from the
+        server's MODEL_DIR, to label a file with; nothing of the project is changed."""
+        from ml_backend.model_store import ModelStore
+        from ml_backend.wiring import build_services
+
+        settings = settings.model_copy(update={"redis_url": None, "preannotate_auto": False})
+        store = ModelStore(settings.model_dir)
+        key = store.resolve(str(project))
+        state = store.load(key) if store.exists(key) else None
+        if state is None or not state.label_config:
+            raise BatchError(f"project {project} is unknown in MODEL_DIR={settings.model_dir}: run with the "
+                             "server's MODEL_DIR, after connecting the project in Label Studio")
+        try:
+            spec = parse_label_config(state.label_config)
+        except UnsupportedConfig as exc:
+            raise BatchError(f"project {project}'s labeling config cannot be used: {exc.message}") from None
+        definition = TaskDefinition(label_config=state.label_config, instruction=state.instruction, spec=spec)
+        borrowed = cls(definition=definition, settings=settings, key=key, read_only=True)
+        borrowed.services = build_services(settings, preannotation=False, runtime_loader=runtime_loader,
+                                           encoder_loader=encoder_loader,
+                                           client_factory=lambda state: borrowed.label_studio)
+        return borrowed
 
     @classmethod
     def open(cls, definition: TaskDefinition, settings: Settings, *, runtime_loader=None,
@@ -232,6 +254,9 @@ class FileProject:
     def prepare(self, tasks: list[dict[str, Any]], on_progress: Callable[[str, int, int], None] | None = None) -> str:
         """The cold start on these rows when the project has none yet; returns the model version."""
         if self.profile.cold_start_due:
+            if self.read_only:
+                raise BatchError(f"project {self.key} has not had its cold start yet (the backend runs it when "
+                                 "the project is connected): label the file once that is done")
             log.info("event=batch_cold_start project=%s rows=%d", self.key, len(tasks))
             self.services.round_one.run(self.key, tasks, on_progress=on_progress)
         return self.profile.version
@@ -279,6 +304,9 @@ class FileProject:
         from ml_backend.llm_cache import LLMDistributionCache
         from ml_backend.versioning import llm_version
 
+        if self.read_only:
+            raise BatchError("`train --project` is not possible: a Label Studio project trains from its own "
+                             "annotations (Start Training in Label Studio, or `python -m ml_backend.cli train`)")
         if not self.definition.choices_targets:
             raise BatchError("`train` learns a <Choices> target; this config has none (NER learns from "
                              "annotated examples in Label Studio)")

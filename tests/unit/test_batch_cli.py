@@ -137,6 +137,23 @@ def test_bad_arguments_exit_non_zero_with_one_line_and_no_output(tmp_path, lsllm
     assert not (tmp_path / "reviews.labeled.csv").exists()
 
 
+def test_a_wrong_encoding_is_refused_by_the_command(tmp_path, lsllm, capsys):
+    source = _write_csv(tmp_path / "zh.csv", [{"body": "房间很宽敞，服务很好"}] * 3, encoding="gb18030")
+    assert lsllm("label", source, "--text-column", "body", "--labels", LABELS, "--encoding", "utf-8",
+                 "--no-progress") == 2
+    err = capsys.readouterr().err.strip()
+    assert "not valid utf-8" in err and "--encoding" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "zh.labeled.csv").exists()
+
+
+def test_an_unreadable_xlsx_is_refused_by_the_command(tmp_path, lsllm, capsys):
+    source = tmp_path / "reviews.xlsx"
+    source.write_bytes(b"PK\x03\x04 truncated")
+    assert lsllm("label", source, "--text-column", "body", "--labels", LABELS, "--no-progress") == 2
+    assert "not a readable Excel workbook" in capsys.readouterr().err
+    assert not (tmp_path / "reviews.labeled.xlsx").exists()
+
+
 def test_a_config_without_a_text_object_is_refused(tmp_path, lsllm, capsys):
     config = tmp_path / "image.xml"
     config.write_text('<View><Image name="img" value="$url"/><Choices name="c" toName="img">'
@@ -234,3 +251,33 @@ def test_help_teaches_by_example():
             parser.parse_args([command, "--help"])
         assert exit_info.value.code == 0
     assert "lsllm label" in parser.epilog and "--upload" in parser.epilog
+
+
+def test_a_label_studio_projects_model_labels_a_file_without_changing_the_project(tmp_path, lsllm, monkeypatch,
+                                                                                   settings, keyword_runtime):
+    from ml_backend.wiring import build_services
+    from tests.conftest import LABELING_CONFIGS
+
+    store_dir = tmp_path / "server_store"
+    server = build_services(settings.model_copy(update={"model_dir": store_dir}), preannotation=False,
+                            runtime_loader=lambda: keyword_runtime)
+    server.service.setup("7.1700000000", (LABELING_CONFIGS / "sentiment_en.xml").read_text(encoding="utf-8"))
+    server.round_one.run("7.1700000000", [{"id": i + 1, "data": {"text": r["body"]}} for i, r in enumerate(_reviews(12))])
+    state_file = next(store_dir.rglob("state.json"))
+    before = state_file.read_bytes()
+    monkeypatch.setenv("MODEL_DIR", str(store_dir))
+    source = _write_csv(tmp_path / "reviews.csv", _reviews(8))
+    assert lsllm("label", source, "--text-column", "body", "--project", "7", "--no-progress") == 0
+    rows = _read_csv(tmp_path / "reviews.labeled.csv")
+    assert {row["model_version"] for row in rows} == {server.profiles.resolve("7.1700000000").version}
+    assert state_file.read_bytes() == before
+    assert lsllm("label", source, "--text-column", "body", "--project", "99", "--no-progress") == 2
+
+
+def test_python_dash_m_ml_backend_is_the_same_command():
+    import subprocess
+    import sys
+
+    answer = subprocess.run([sys.executable, "-m", "ml_backend", "label", "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert answer.returncode == 0 and "--text-column" in answer.stdout and "lsllm label" in answer.stdout
