@@ -1,7 +1,8 @@
 """HTTP views: translate Label Studio's requests to `LLMBackend` calls and back, nothing more.
 
 Endpoints and shapes follow Label Studio 1.23's ML backend protocol
-(see ../shared/LABEL_STUDIO_NOTES.md): /health, /setup, /predict, /webhook, /train, /versions.
+(see ../shared/LABEL_STUDIO_NOTES.md): /health, /setup, /predict, /webhook, /train, /versions;
+ours besides: /preannotate, /preannotate/status, /report.
 """
 
 from __future__ import annotations
@@ -142,6 +143,15 @@ def train():
 def versions():
     project = request.args.get("project")
     return jsonify({"versions": _backend().versions(project), "slm_versions": _backend().slm_versions(project)})
+
+
+@bp.get("/report")
+def report():
+    """The project's threshold report: an HTML page (?format=json for the numbers)."""
+    project = request.args.get("project")
+    if request.args.get("format") == "json":
+        return jsonify(_backend().report(project, as_json=True))
+    return current_app.response_class(_backend().report(project), mimetype="text/html")
 
 
 def _bulk():

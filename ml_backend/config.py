@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     label_studio_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of Label Studio API calls.")
 
     # --- Learning from annotations (the SLM loop) ----------------------------------------
+    queue_ordering: bool = Field(
+        True, description="After each new version: uncertainty sampling on it and a 'Review queue' view (lowest score first)."
+    )
     training_auto: bool = Field(
         True, description="Annotation webhooks start training; off: only Start Training / POST /train do."
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -23,6 +24,17 @@ from ml_backend.model_store import ProjectState, ls_project_id
 log = logging.getLogger(__name__)
 
 TASK_FIELDS = "id,data,predictions,total_annotations,is_labeled"
+
+
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+REVIEW_VIEW_TITLE = "Review queue"
+REVIEW_VIEW = {  # Data Manager view data: no annotation yet, ascending prediction score
+    "title": REVIEW_VIEW_TITLE,
+    "filters": {"conjunction": "and", "items": [
+        {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]},
+    "ordering": ["tasks:predictions_score"],
+}
+PATCH_CONCURRENCY = 4
 
 
 class LabelStudioUnavailable(Exception):
@@ -96,8 +108,9 @@ class ProjectClient:
         )
         for task in pager:
             raw = task.dict() if hasattr(task, "dict") else dict(task)
-            predictions = [
-                {"id": p.get("id"), "model_version": p.get("model_version")}
+            predictions = [  # score and result only where the read asked for every field (annotations)
+                {"id": p.get("id"), "model_version": p.get("model_version"),
+                 **({"score": p.get("score"), "result": p.get("result")} if annotations else {})}
                 for p in (raw.get("predictions") or [])
                 if isinstance(p, dict)
             ]
@@ -133,6 +146,37 @@ class ProjectClient:
                 if exc.status_code != 404:
                     raise
                 log.info("event=prediction_already_deleted prediction=%s", prediction_id)
+
+    def set_prediction_extras(self, extras: dict[int, dict[str, Any]], version: str) -> int:
+        """Set `cluster` / `mislabeling` on the stored predictions of `version` of these tasks
+        (task id → fields). Label Studio 1.23.2 drops both from a bulk import and from /predict
+        answers (verified), and uncertainty sampling reads `cluster`: so each is PATCHed."""
+        if not extras:
+            return 0
+        patches = [(p["id"], extras[task.id]) for task in self.tasks(extras, page_size=max(10, len(extras)))
+                   for p in task.predictions if p["model_version"] == version and p["id"]]
+
+        def patch(entry: tuple[int, dict[str, Any]]) -> None:
+            self.sdk.predictions.update(id=int(entry[0]), **entry[1])
+
+        with ThreadPoolExecutor(max_workers=PATCH_CONCURRENCY) as pool:
+            list(pool.map(patch, patches))
+        return len(patches)
+
+    def order_queue(self, version: str) -> None:
+        """Uncertainty sampling on `version`: `/next` serves the lowest prediction score first
+        (Label Studio never sets project.model_version itself)."""
+        self.sdk.projects.update(id=self.project_id, model_version=version, sampling=UNCERTAINTY_SAMPLING)
+
+    def ensure_review_view(self) -> bool:
+        """The Data Manager tab "Review queue" (unlabeled tasks, lowest score first), created once;
+        True if it was created now."""
+        for view in self.sdk.views.list(project=self.project_id):
+            data = view.data if isinstance(view.data, dict) else {}
+            if data.get("title") == REVIEW_VIEW_TITLE:
+                return False
+        self.sdk.views.create(project=self.project_id, data=REVIEW_VIEW)
+        return True
 
     def model_version(self) -> str | None:
         return self.sdk.projects.get(id=self.project_id).model_version or None

@@ -33,6 +33,7 @@ from ml_backend.webhooks import WebhookHandlers
 
 if TYPE_CHECKING:
     from ml_backend.preannotate import BulkPreannotation
+    from ml_backend.project_report import ProjectReports
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class LLMBackend:
         publisher: Publisher,
         webhooks: WebhookHandlers,
         bulk: "BulkPreannotation | None",
+        reports: "ProjectReports | None" = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -57,6 +59,7 @@ class LLMBackend:
         self.publisher = publisher
         self.webhooks = webhooks
         self.bulk = bulk
+        self.reports = reports
 
     @property
     def retraining(self):
@@ -199,6 +202,15 @@ class LLMBackend:
         if not state.label_config:
             return []
         return [self.profiles.of_state(state).version]
+
+    def report(self, project: Any, *, as_json: bool = False) -> str | dict[str, Any]:
+        """The project's threshold report (`ml_backend.project_report`): an HTML page, or its numbers."""
+        from ml_backend.errors import BadRequest
+
+        project_key = self.project_key(project)
+        if project_key is None or self.reports is None:
+            raise BadRequest("Which project? Pass ?project=<id>.", hint="e.g. GET /report?project=3")
+        return self.reports.as_json(project_key) if as_json else self.reports.html(project_key)
 
     def slm_versions(self, project: Any = None) -> list[dict[str, Any]]:
         """The project's trained SLM versions with their metrics (empty before the first run)."""

@@ -46,6 +46,9 @@ ALL_TASKS = "*"  # member of a project's request set meaning "every task of the 
 COLD_START_LOG_EVERY = 16  # a cold-start progress log line every this many tasks
 
 
+PREDICTION_EXTRAS = ("cluster", "mislabeling")  # set after the bulk write (Label Studio's import drops them)
+
+
 def coalesce_key(project_id: str) -> str:
     return f"preannotate:{project_id}"
 
@@ -363,6 +366,10 @@ class PreannotationRun:
         answered |= {i for i in ids if i in now and self.version in now[i].model_versions}
         payload = [{**prediction, "task": task.id} for task, prediction in batch if task.id in now and task.id not in answered]
         self.written += self.client.write_predictions(payload)
+        extras = {p["task"]: {k: p[k] for k in PREDICTION_EXTRAS if k in p} for p in payload
+                  if any(k in p for k in PREDICTION_EXTRAS)}
+        if extras:
+            self.client.set_prediction_extras(extras, self.version)
         self.answered_by_predict += len(answered)
         stand_ins = [p["id"] for task in now.values() for p in task.predictions if is_stand_in_version(p["model_version"])]
         self.client.delete_predictions(stand_ins)
@@ -375,12 +382,22 @@ class PreannotationRun:
         if self.on_progress is not None:
             self.on_progress(self.done, len(self.todo))
 
-    def _finish(self, tasks: list[TaskRecord], covered: int, labeled: int, superseded: bool) -> dict[str, Any]:
-        if not superseded and (self.done or covered) and self.client.model_version() != self.version:
-            # Label Studio updates the ML connection's version, not the project's: uncertainty
-            # sampling and the labeling UI follow project.model_version.
+    def _point_project_at_version(self) -> None:
+        """Label Studio updates the ML connection's version, not the project's: uncertainty
+        sampling and the labeling UI follow project.model_version. With QUEUE_ORDERING (default)
+        the project also gets uncertainty sampling and the "Review queue" view (created once)."""
+        if self.settings.queue_ordering:
+            self.client.order_queue(self.version)
+            created = self.client.ensure_review_view()
+            log.info("event=queue_ordered project=%s model_version=%s review_view_created=%s",
+                     self.project_id, self.version, created)
+        elif self.client.model_version() != self.version:
             self.client.set_model_version(self.version)
             log.info("event=project_model_version_set project=%s model_version=%s", self.project_id, self.version)
+
+    def _finish(self, tasks: list[TaskRecord], covered: int, labeled: int, superseded: bool) -> dict[str, Any]:
+        if not superseded and (self.done or covered):
+            self._point_project_at_version()
         self.context.kv.delete(_active_key(self.project_id))
         finished = self._report(state=DONE, finished_at=time.time(), eta_s=0.0)
         if self.written or self.first_page:

@@ -75,6 +75,7 @@ class Refined:
     probabilities: np.ndarray  # (n, n_labels): the label shown is the argmax
     scores: np.ndarray  # (n,) calibrated P(pre-annotation is right): the prediction's score
     mislabeling: np.ndarray  # (n,) P(the LLM's own label is wrong): Label Studio's `mislabeling`
+    clusters: np.ndarray | None = None  # (n,) the text's cluster: Label Studio's `cluster` (uncertainty sampling)
 
 
 class TargetHook(Protocol):
@@ -101,7 +102,7 @@ class TargetScores:
 
     target: Target
     probabilities: list[np.ndarray | None]
-    refined: list[tuple[np.ndarray, float, float] | None] | None = None  # (probabilities, score, mislabeling)
+    refined: list[tuple[np.ndarray, float, float, int | None] | None] | None = None  # (probabilities, score, mislabeling, cluster)
 
 
 def task_text(task: dict[str, Any], target: Target) -> str | None:
@@ -341,7 +342,7 @@ def predict_tasks(
 
     predictions = []
     for index, task in enumerate(tasks):
-        regions, scores, mislabeling = [], [], []
+        regions, scores, mislabeling, clusters = [], [], [], []
         for target_scores in per_target:
             probs = target_scores.probabilities[index]
             if probs is None:
@@ -352,6 +353,8 @@ def predict_tasks(
             else:
                 region, score = _choices_region(target_scores.target, refined[0], score=refined[1])
                 mislabeling.append(refined[2])
+                if refined[3] is not None:
+                    clusters.append(refined[3])
             regions.append(region)
             scores.append(score)
         for target, entities_per_task in per_span_target:
@@ -376,6 +379,8 @@ def predict_tasks(
         }
         if mislabeling:
             prediction["mislabeling"] = float(max(mislabeling))
+        if clusters:
+            prediction["cluster"] = int(clusters[0])
         predictions.append(prediction)
     return predictions
 
@@ -416,13 +421,14 @@ def _classify_target(
     for task_id, task_index in zip(ids, present):
         if task_id is not None and task_id in known:
             probabilities[task_index] = known[task_id]
-    refined_rows: list[tuple[np.ndarray, float, float] | None] | None = None
+    refined_rows: list[tuple[np.ndarray, float, float, int | None] | None] | None = None
     refined = hook.refine(target, [texts[i] for i in present], np.stack([probabilities[i] for i in present])) if hook else None
     if refined is not None:
         refined_rows = [None] * len(tasks)
         for row, task_index in enumerate(present):
             refined_rows[task_index] = (refined.probabilities[row], float(refined.scores[row]),
-                                        float(refined.mislabeling[row]))
+                                        float(refined.mislabeling[row]),
+                                        None if refined.clusters is None else int(refined.clusters[row]))
     return TargetScores(target=target, probabilities=probabilities, refined=refined_rows)
 
 

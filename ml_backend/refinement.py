@@ -156,7 +156,7 @@ class ProjectHook:
             return None
         blended = served.score(llm_probabilities, embeddings)
         return Refined(probabilities=blended.probabilities, scores=blended.score,
-                       mislabeling=blended.llm_wrong_probability)
+                       mislabeling=blended.llm_wrong_probability, clusters=blended.cluster)
 
     def ner_demonstrations(self, target: Target, texts: list[str]) -> list[list[NerDemonstration]] | None:
         examples = self.served_slm

@@ -6,8 +6,9 @@ imports `training`. A version is a directory `MODEL_DIR/<project>/slm/<version>/
 * `manifest.json` — format, kind, encoder, the target and its label names, data counts,
   metrics, and the SHA-256 of every other file;
 * kind `slm-linear-head` (a `<Choices>` target): `head.npz` — the linear head (`coef`
-  (n_classes, dim), `intercept` (n_classes,)) — and, in the manifest, the blend weights and the
-  calibration map; no pickle is ever loaded;
+  (n_classes, dim), `intercept` (n_classes,)) and the text clusters' `centroids` (k, dim) — and,
+  in the manifest, the blend weights, the calibration map and the priority model; no pickle is
+  ever loaded;
 * kind `ner-examples` (a `<Labels>` target): `ner_examples.json` (the annotated texts and their
   entities) and `ner_embeddings.npy` (their encoder embeddings), from which every task gets its
   nearest annotated examples as the NER prompt's demonstrations.
@@ -16,6 +17,8 @@ The served prediction (`blend_and_score`)::
 
     p_blend(y | x) ∝ p_llm(y | x) ** w_llm · p_slm(y | x) ** w_slm
     score           = calibration(max_y p_blend(y | x))   = P(the pre-annotation is right)
+                      (versions with a `priority` model: its P(correct) from both models, their
+                      agreement and the text's cluster — `ml_backend.review_priority`)
     mislabeling     = 1 − p_blend(LLM's label | x)         = P(the LLM's own label is wrong)
 
 `training.blend` fits the weights and the calibration map; this module only applies them, so
@@ -37,6 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ml_backend.review_priority import PriorityModel
+from ml_backend.review_priority import features as priority_features
+from ml_backend.review_priority import priority as priority_of
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "head.npz"
@@ -63,6 +70,7 @@ class BlendedScores:
     score: np.ndarray  # (n,) calibrated P(pre-annotation is right)
     disagreement: np.ndarray  # (n,) bool: LLM and SLM argmax differ
     llm_wrong_probability: np.ndarray  # (n,) P(the LLM's own label is wrong) = 1 − p_blend(LLM label)
+    cluster: np.ndarray | None = None  # (n,) the text's cluster id (Label Studio's `prediction.cluster`)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -104,18 +112,35 @@ def calibrate(calibration: dict[str, Any] | None, confidence: np.ndarray) -> np.
 
 
 def blend_and_score(llm_probabilities: np.ndarray, slm_probabilities: np.ndarray,
-                    weights: tuple[float, float] | list[float], calibration: dict[str, Any] | None) -> BlendedScores:
+                    weights: tuple[float, float] | list[float], calibration: dict[str, Any] | None, *,
+                    priority: PriorityModel | None = None, clusters: np.ndarray | None = None) -> BlendedScores:
+    """With a `priority` model (versions since the queue issue), score = its P(correct)
+    (`ml_backend.review_priority`); without, the calibrated blended top probability."""
     llm_probabilities = np.asarray(llm_probabilities, dtype=np.float64)
     slm_probabilities = np.asarray(slm_probabilities, dtype=np.float64)
     blended = blend_distributions(llm_probabilities, slm_probabilities, weights)
     llm_label = llm_probabilities.argmax(axis=1)
+    score = calibrate(calibration, blended.max(axis=1))
+    if priority is not None:
+        x = priority_features(llm_probabilities, slm_probabilities, blended, score,
+                              priority.cluster_feature(clusters, len(blended)))
+        score = priority_of(priority, x)
     return BlendedScores(
         probabilities=blended,
         predicted=blended.argmax(axis=1),
-        score=calibrate(calibration, blended.max(axis=1)),
+        score=score,
         disagreement=llm_label != slm_probabilities.argmax(axis=1),
         llm_wrong_probability=1.0 - blended[np.arange(len(blended)), llm_label],
+        cluster=None if clusters is None else np.asarray(clusters, dtype=int),
     )
+
+
+def nearest_centroid(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The cluster id of each embedding (squared Euclidean distance, as k-means assigns)."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    centroids = np.asarray(centroids, dtype=np.float64)
+    distances = (embeddings ** 2).sum(1)[:, None] - 2 * embeddings @ centroids.T + (centroids ** 2).sum(1)[None, :]
+    return distances.argmin(axis=1)
 
 
 # --- a saved version -------------------------------------------------------------------------------
@@ -131,6 +156,7 @@ class ServedSLM:
     manifest: dict[str, Any]
     coef: np.ndarray
     intercept: np.ndarray
+    centroids: np.ndarray | None = None  # (k, dim): the project's text clusters, when the version has them
 
     @property
     def target(self) -> str | None:
@@ -156,10 +182,19 @@ class ServedSLM:
     def slm_probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         return softmax(np.asarray(embeddings, dtype=np.float64) @ self.coef.T + self.intercept)
 
+    @property
+    def priority(self) -> PriorityModel | None:
+        payload = self.manifest.get("priority")
+        return PriorityModel.from_dict(payload) if payload else None
+
+    def clusters(self, embeddings: np.ndarray) -> np.ndarray | None:
+        return None if self.centroids is None or not len(self.centroids) else nearest_centroid(embeddings, self.centroids)
+
     def score(self, llm_probabilities: np.ndarray, embeddings: np.ndarray) -> BlendedScores:
         blend = self.blend
         return blend_and_score(llm_probabilities, self.slm_probabilities(embeddings),
-                               blend.get("weights", (1.0, 1.0)), blend.get("calibration"))
+                               blend.get("weights", (1.0, 1.0)), blend.get("calibration"),
+                               priority=self.priority, clusters=self.clusters(embeddings))
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -186,7 +221,8 @@ def load_served(directory: Path) -> ServedSLM:
     manifest = read_manifest(directory)
     with np.load(_verified(directory, manifest, WEIGHTS_FILE), allow_pickle=False) as weights:
         coef, intercept = np.asarray(weights["coef"]), np.asarray(weights["intercept"])
-    return ServedSLM(version=directory.name, manifest=manifest, coef=coef, intercept=intercept)
+        centroids = np.asarray(weights["centroids"]) if "centroids" in weights.files else None
+    return ServedSLM(version=directory.name, manifest=manifest, coef=coef, intercept=intercept, centroids=centroids)
 
 
 @dataclass(frozen=True)

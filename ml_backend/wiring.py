@@ -37,6 +37,7 @@ from ml_backend.model import LLMBackend
 from ml_backend.model_store import ModelStore, ProjectState
 from ml_backend.preannotate import BulkPreannotation
 from ml_backend.profile import Profiles
+from ml_backend.project_report import ProjectReports
 from ml_backend.prompt_tuning import PromptTuning
 from ml_backend.publishing import Publisher
 from ml_backend.refinement import EncoderLoader, Encoders, Refinement
@@ -114,7 +115,8 @@ def build_services(
         settings, store, profiles, services.publisher, services.bulk, services.retraining
     )
     services.service = LLMBackend(
-        settings, store, profiles, inference, services.publisher, services.webhooks, services.bulk
+        settings, store, profiles, inference, services.publisher, services.webhooks, services.bulk,
+        ProjectReports(store, profiles, services.label_studio),
     )
     return services
 

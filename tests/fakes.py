@@ -18,6 +18,8 @@ import numpy as np
 
 from ml_backend.ls_client import TaskRecord
 
+DROPPED_ON_IMPORT = ("cluster", "mislabeling")  # what Label Studio 1.23.2 ignores in a bulk prediction import
+
 
 @dataclass
 class FakeLabelStudio:
@@ -28,6 +30,8 @@ class FakeLabelStudio:
     annotations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # task id → annotations
     predictions: dict[int, dict[str, Any]] = field(default_factory=dict)  # prediction id → prediction
     project_model_version: str | None = None
+    sampling: str = "Sequential sampling"
+    views: list[str] = field(default_factory=list)
     events: list[tuple[str, Any]] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -43,7 +47,8 @@ class FakeLabelStudio:
         wanted = sorted(known) if task_ids is None else sorted(set(int(t) for t in task_ids) & known)
         for task_id in wanted:
             stored = [
-                {"id": pid, "model_version": p["model_version"]}
+                {"id": pid, "model_version": p["model_version"],
+                 **({"score": p.get("score"), "result": p.get("result")} if annotations else {})}
                 for pid, p in self.predictions.items()
                 if p["task"] == task_id
             ]
@@ -57,8 +62,8 @@ class FakeLabelStudio:
             )
 
     def write_predictions(self, predictions: list[dict[str, Any]]) -> int:
-        for prediction in predictions:
-            self.predictions[next(self._ids)] = dict(prediction)
+        for prediction in predictions:  # as Label Studio's bulk import: cluster and mislabeling are dropped
+            self.predictions[next(self._ids)] = {k: v for k, v in prediction.items() if k not in DROPPED_ON_IMPORT}
         if predictions:
             self.events.append(("write", [(p["task"], p["model_version"]) for p in predictions]))
         return len(predictions)
@@ -69,6 +74,27 @@ class FakeLabelStudio:
             del self.predictions[pid]
         if deleted:
             self.events.append(("delete", deleted))
+
+    def set_prediction_extras(self, extras: dict[int, dict[str, Any]], version: str) -> int:
+        patched = 0
+        for prediction in self.predictions.values():
+            if prediction["task"] in extras and prediction["model_version"] == version:
+                prediction.update(extras[prediction["task"]])
+                patched += 1
+        if patched:
+            self.events.append(("extras", patched))
+        return patched
+
+    def order_queue(self, version: str) -> None:
+        self.project_model_version = version
+        self.sampling = "Uncertainty sampling"
+        self.events.append(("order_queue", version))
+
+    def ensure_review_view(self) -> bool:
+        if "Review queue" in self.views:
+            return False
+        self.views.append("Review queue")
+        return True
 
     def model_version(self) -> str | None:
         return self.project_model_version

@@ -10,7 +10,8 @@ thread runs it with the composition root's services. One run, stage by stage:
                by pre-annotation and /predict) are reused; only missing tasks are scored, in batches
     embed      frozen-encoder embeddings (cached on disk per text: the expensive part, once per task)
     fit        noisy-label SLM (`SLMClassifier`, method "noisy") on LLM labels + human labels; the
-               LLM × SLM blend and the P(correct) calibration on the human labels, cross-fitted
+               LLM × SLM blend and the P(correct) calibration on the human labels, cross-fitted;
+               the text clusters and the queue's P(correct) model (`fit_queue_priority`)
     save       `MODEL_DIR/<project>/slm/<version>/` written to a temporary directory and renamed:
                a crash leaves the previous version serving
     publish    `ProjectState.slm_version` and the version counter in one atomic update; the
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -44,6 +46,9 @@ from ml_backend.publishing import Publisher
 from ml_backend.refinement import Encoders
 from ml_backend.retraining import FORCE_EVENT, TrainingStatus
 from ml_backend.slm_model import next_version, prune_versions, serving_manifest, versions_dir
+from ml_backend.clustering import fit_clusters
+from ml_backend.review_priority import PriorityModel, cluster_offsets, fit_priority, prior_model
+from ml_backend.review_priority import features as priority_features
 from ml_backend.versioning import llm_version
 from training.annotations import annotations_fingerprint, combine_annotations
 from training.blend import LLMSLMBlend
@@ -167,7 +172,10 @@ class TrainingRun:
         llm_probabilities = self._llm_distributions(profile, target, tasks, texts)
         embeddings = self._embed(texts)
         slm, blend, metrics = self._fit(embeddings, llm_probabilities, human_labels, labels)
-        version = self._save(slm, blend, metrics, profile, target, human, fingerprint, len(tasks), annotations_total)
+        queue = fit_queue_priority(embeddings, llm_probabilities, slm.oof_probabilities_, human_labels, blend)
+        metrics.update(queue.metrics)
+        version = self._save(slm, blend, metrics, profile, target, human, fingerprint, len(tasks), annotations_total,
+                             queue)
         model_version = self._publish(version)
         return {"slm_version": version, "model_version": model_version, "metrics": metrics,
                 "tasks": len(tasks), "human_labels": int((human_labels >= 0).sum()), "timings_s": self.timings}
@@ -274,7 +282,8 @@ class TrainingRun:
         return slm, blend, metrics
 
     def _save(self, slm: SLMClassifier, blend: LLMSLMBlend, metrics: dict[str, float], profile: ProjectProfile,
-              target: Target, human: list, fingerprint: str, n_tasks: int, annotations_total: int) -> str:
+              target: Target, human: list, fingerprint: str, n_tasks: int, annotations_total: int,
+              queue: "QueuePriority") -> str:
         started = time.perf_counter()
         self._stage("save", 0, 1)
         project_dir = self.context.store.project_dir(self.project_key)
@@ -294,7 +303,9 @@ class TrainingRun:
                        "contested_tasks": int(sum(1 for h in human if h is not None and h.agreement < 1.0))},
             "metrics": metrics,
             "trained_on_tasks": n_tasks,
-        })
+            "priority": queue.model.as_dict(),
+            "clusters": int(len(queue.centroids)),
+        }, extra_arrays={"centroids": queue.centroids})
         self.timings["save"] = round(time.perf_counter() - started, 2)
         self._stage("save", 1, 1)
         return version
@@ -310,6 +321,30 @@ class TrainingRun:
         log.info("event=slm_published project=%s slm_version=%s model_version=%s pruned=%s",
                  self.project_key, version, model_version, ",".join(removed) or "-")
         return model_version
+
+
+@dataclass(frozen=True)
+class QueuePriority:
+    model: PriorityModel
+    centroids: np.ndarray
+    metrics: dict[str, float]
+
+
+def fit_queue_priority(embeddings: np.ndarray, llm: np.ndarray, slm_oof: np.ndarray, human_labels: np.ndarray,
+                       blend: LLMSLMBlend) -> QueuePriority:
+    """The text clusters (k-means on the embeddings) and the P(correct) model of the queue
+    (`ml_backend.review_priority`), fit on the human-labeled tasks with the SLM out of fold."""
+    clusters, centroids = fit_clusters(embeddings)
+    rows = human_labels >= 0
+    if not rows.any():
+        return QueuePriority(prior_model(), centroids, {"priority_reviewed": 0.0})
+    served = blend.predict(llm[rows], slm_oof[rows])  # no priority: `score` = calibrated blended top
+    correct = served.predicted == human_labels[rows]
+    per_cluster, leave_one_out = cluster_offsets(clusters[rows], correct, len(centroids))
+    x = priority_features(llm[rows], slm_oof[rows], served.probabilities, served.score, leave_one_out)
+    model = fit_priority(x, correct, cluster_offsets_=per_cluster)
+    return QueuePriority(model, centroids, {"priority_reviewed": float(rows.sum()),
+                                            "priority_fitted": float(model.kind == "fitted")})
 
 
 def trainable_target(profile: ProjectProfile) -> Target:

@@ -206,10 +206,12 @@ class SLMClassifier:
             **(extra or {}),
         }
 
-    def save(self, directory: Path, *, extra_manifest: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
-        """Write ``head.npz`` + ``manifest.json`` (with the weights' SHA-256) to ``directory``
-        atomically (``ml_backend.slm_model.write_version``)."""
-        return write_version(Path(directory), {WEIGHTS_FILE: npz_bytes(coef=self.coef_, intercept=self.intercept_)},
+    def save(self, directory: Path, *, extra_manifest: dict[str, Any] | None = None, overwrite: bool = False,
+             extra_arrays: dict[str, np.ndarray] | None = None) -> Path:
+        """Write ``head.npz`` (+ `extra_arrays`, e.g. the cluster centroids) + ``manifest.json``
+        (with the weights' SHA-256) to ``directory`` atomically (``ml_backend.slm_model.write_version``)."""
+        arrays = {"coef": self.coef_, "intercept": self.intercept_, **(extra_arrays or {})}
+        return write_version(Path(directory), {WEIGHTS_FILE: npz_bytes(**arrays)},
                              self.manifest(extra_manifest), overwrite=overwrite)
 
     @classmethod

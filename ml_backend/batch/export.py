@@ -126,33 +126,16 @@ def upload(items: list[dict[str, Any]], *, url: str, token: str, project_id: int
 
 def _set_prediction_extras(items: list[dict[str, Any]], *, base: str, token: str, project_id: int,
                            timeout_s: float) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
-    import requests
-
     from ml_backend.ls_client import ProjectClient
 
-    wanted = {}
+    client = ProjectClient(base, token, project_id, timeout_s=timeout_s)
+    wanted: dict[str, dict[str, Any]] = {}
     for item in items:
         prediction = item["predictions"][0]
         extra = {k: prediction[k] for k in ("cluster", "mislabeling") if k in prediction}
         if extra:
-            wanted[_data_key(item["data"])] = (prediction["model_version"], extra)
-    if not wanted:
-        return 0
-    patches = []
-    for task in ProjectClient(base, token, project_id, timeout_s=timeout_s).tasks(page_size=500):
-        version_extra = wanted.get(_data_key(task.data))
-        if version_extra is None:
-            continue
-        version, extra = version_extra
-        patches += [(p["id"], extra) for p in task.predictions if p["model_version"] == version and p["id"]]
-    session = requests.Session()
-    session.headers["Authorization"] = f"Token {token}"
-
-    def patch(entry: tuple[int, dict]) -> None:
-        session.patch(f"{base}/api/predictions/{entry[0]}", json=entry[1], timeout=timeout_s).raise_for_status()
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(patch, patches))
-    return len(patches)
+            wanted[_data_key(item["data"])] = extra
+    extras = {task.id: wanted[_data_key(task.data)] for task in client.tasks(page_size=500)
+              if _data_key(task.data) in wanted}
+    versions = {p["model_version"] for item in items for p in item["predictions"]}
+    return sum(client.set_prediction_extras(extras, version) for version in versions) if extras else 0

@@ -180,6 +180,10 @@ def test_annotations_train_a_model_that_is_published_to_every_unlabeled_task(loo
     assert sorted(written) == sorted(unlabeled)
     assert fake.project_model_version == after
     assert all(0.0 <= p["mislabeling"] <= 1.0 for p in written.values())
+    # The queue: set after Label Studio's bulk import (which drops them), uncertainty sampling on
+    # the new version, and the review view once however many versions were published.
+    assert all(isinstance(p["cluster"], int) for p in written.values())
+    assert fake.sampling == "Uncertainty sampling" and fake.views == ["Review queue"]
     # Every LLM distribution came from the cache: neither training nor the republication ran the LLM.
     assert sum(call["n_tasks"] for call in keyword_runtime.calls) == scored_before
     # The SLM learned the words the LLM cannot read: the blend is right where the LLM alone was not.
@@ -211,10 +215,12 @@ def test_predict_serves_the_blend_with_its_calibrated_score(loop):
     for prediction in answer["results"]:
         assert prediction["result"][0]["value"]["choices"] == ["negative"]
         assert 0.0 <= prediction["mislabeling"] <= 1.0 and 0.0 <= prediction["score"] <= 1.0
-    # The score is the version's calibration of the blend, computed by the served model's own code.
+    # The score is the version's P(correct) of the blend, computed by the served model's own code.
     llm = np.array([[0.5, 0.5]])  # the fake LLM reads neither word of the new task: a tie
     expected = served.score(llm, KeywordEncoder().encode([new["data"]["text"]]))
     assert answer["results"][1]["score"] == pytest.approx(float(expected.score[0]), abs=1e-6)
+    assert answer["results"][1]["cluster"] == int(expected.cluster[0])
+    assert served.priority is not None and served.manifest["priority"]["n_reviewed"] == 40
 
 
 def test_nothing_new_means_no_new_version_but_start_training_retrains(loop):
@@ -411,3 +417,22 @@ def test_a_changed_labeling_config_makes_the_next_run_retrain_without_new_annota
     assert state.slm_version == "slm-0002"
     served = load_served(versions_dir(services.store.project_dir(PROJECT)) / "slm-0002")
     assert served.label_names == ["positive", "mixed", "negative"]
+
+
+def test_the_report_compares_the_pre_annotations_annotators_saw_with_their_labels(loop):
+    app, client, services, fake, _ = loop
+    assert client.get(f"/report?project={PROJECT}&format=json").status_code == 409  # nobody reviewed yet
+    assert client.get("/report?project=424242&format=json").status_code == 404
+    _annotate(client, fake, range(1, 41))
+    services.runner.wait_idle(60)
+    services.runner.wait_idle(60)
+    numbers = client.get(f"/report?project={PROJECT}&format=json").json
+    assert numbers["reviewed"] == 40
+    # what the annotators saw was the LLM's cold-start version: right on the half it can read
+    seen = {t: max((pid, p) for pid, p in fake.predictions.items() if p["task"] == t)[1] for t in range(1, 41)}
+    right = [p["result"][0]["value"]["choices"][0] == _review(t - 1)[1] for t, p in seen.items()]
+    assert numbers["accuracy"] == pytest.approx(np.mean(right))
+    assert {row["threshold"] for row in numbers["thresholds"]} >= {0.0, 0.5, 0.95}
+    page = client.get(f"/report?project={PROJECT}")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert b"<table>" in page.data and b"data:image/png;base64," in page.data
