@@ -35,7 +35,6 @@ from ml_backend.slm_model import ServedSLM
 log = logging.getLogger(__name__)
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "labeling_configs"
-TRAIN_JOB = "training.job.train_project"  # run by dotted path, as the job runner does (ml_backend never imports training)
 UNSURE_LABEL_CONFIDENCE = 0.9  # a --label-column without a confidence column: each label counts as 90% sure
 
 
@@ -302,6 +301,7 @@ class FileProject:
         from ml_backend import keys
         from ml_backend.jobs import new_job_id, run_job
         from ml_backend.llm_cache import LLMDistributionCache
+        from ml_backend.retraining import FORCE_EVENT, TRAIN_JOB, coalesce_key  # the job by its dotted path
         from ml_backend.versioning import llm_version
 
         if self.read_only:
@@ -327,8 +327,8 @@ class FileProject:
                        annotations=[human_annotation(target, g, task["id"])] if g else [])
             for task, g in zip(tasks, gold)
         ])
-        self.services.kv.sadd(keys.training_events(self.key), [f"START_TRAINING:{time.time_ns()}"])
-        return run_job(TRAIN_JOB, [self.key], f"train:{self.key}", new_job_id("lsllm-train"),
+        self.services.kv.sadd(keys.training_events(self.key), [f"{FORCE_EVENT}:{time.time_ns()}"])
+        return run_job(TRAIN_JOB, [self.key], coalesce_key(self.key), new_job_id("lsllm-train"),
                        context=self.services, job_kwargs={"on_progress": on_progress})
 
 

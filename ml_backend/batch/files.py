@@ -8,11 +8,11 @@ leave a half-written output where a previous complete one (or nothing) was.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ml_backend.model_store import atomic_write_bytes
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".xlsx": "xlsx", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -167,22 +167,6 @@ def _read_xlsx(path: Path) -> Table:
 
 
 # --- writing -------------------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, rename: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def table_bytes(columns: list[str], rows: list[dict[str, str]], fmt: str) -> bytes:
     if fmt == "jsonl":
         return "".join(json.dumps({c: row.get(c, "") for c in columns}, ensure_ascii=False) + "\n"

@@ -125,6 +125,21 @@ def test_annotations_train_a_version_that_survives_a_killed_worker_and_reaches_e
             scores = [p.score for p in ls_client.predictions.list(project=project.id) if p.model_version == second]
             assert len(set(round(s, 6) for s in scores)) > 1  # a real, varying score, not a constant
 
+            # The queue: clusters on the stored predictions (PATCHed: Label Studio's import drops
+            # them), uncertainty sampling on the new version, one "Review queue" view for two versions,
+            # and /next serving the least-likely-right unlabeled task first.
+            current = [p for p in ls_client.predictions.list(project=project.id) if p.model_version == second]
+            assert all(isinstance(p.cluster, int) for p in current) and len({p.cluster for p in current}) > 1
+            assert ls_client.projects.get(id=project.id).sampling == "Uncertainty sampling"
+            titles = [(v.data or {}).get("title") for v in ls_client.views.list(project=project.id)]
+            assert titles.count("Review queue") == 1
+            served_next = requests.get(f"{label_studio}/api/projects/{project.id}/next", timeout=60,
+                                       headers={"Authorization": f"Token {LS_TOKEN}"}).json()
+            assert [p.score for p in current if p.task == served_next["id"]] == [pytest.approx(min(scores))]
+            report = requests.get(f"{backend_url}/report", params={"project": project.id, "format": "json"},
+                                  timeout=120).json()
+            assert report["reviewed"] == N_ANNOTATED and 0.0 <= report["accuracy"] <= 1.0
+
             versions = requests.get(f"{backend_url}/versions", params={"project": project.id}, timeout=10).json()
             (slm,) = versions["slm_versions"]
             assert slm["current"] and slm["counts"]["human_labels"] == N_ANNOTATED
