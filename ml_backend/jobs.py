@@ -45,6 +45,8 @@ from ml_backend.kv import KV
 
 log = logging.getLogger(__name__)
 
+SUBMIT_GRACE_S = 1.0  # how long a fresh coalescing marker may point at a job not submitted yet
+
 LEASE_POLL_S = 0.5  # how often a job waiting for its key's running lease looks again
 
 
@@ -195,12 +197,24 @@ class JobRunner(ABC):
                 queued = self.kv.get(marker)
                 if queued is None:
                     continue
-                if self._is_pending(queued):
+                if self._is_pending(queued) or self._being_submitted(queued):
                     return Enqueued(job_id=queued, coalesced=True)
                 self.kv.release(marker, queued)  # its job is gone (lost queue, crashed process)
         self._submit(job_id, func_path, tuple(args), coalesce_key)
         log.info("event=job_enqueued job=%s func=%s args=%s runner=%s", job_id, func_path, list(args), self.kind)
         return Enqueued(job_id=job_id, coalesced=False)
+
+    def _being_submitted(self, job_id: str) -> bool:
+        """A marker whose job the runner does not know yet may belong to an enqueue of another
+        thread or process that is between its `set_nx` and its submit (milliseconds): wait up to
+        SUBMIT_GRACE_S for the job to appear before calling the marker stale. Without this, a burst
+        of concurrent webhooks released each other's fresh markers and queued several runs."""
+        deadline = time.monotonic() + SUBMIT_GRACE_S
+        while self.job_status(job_id) is None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return self._is_pending(job_id)
 
     def queued_job(self, coalesce_key: str) -> str | None:
         return self.kv.get(queued_key(coalesce_key))
