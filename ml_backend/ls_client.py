@@ -35,6 +35,7 @@ REVIEW_VIEW = {  # Data Manager view data: no annotation yet, ascending predicti
     "ordering": ["tasks:predictions_score"],
 }
 PATCH_CONCURRENCY = 4
+PREDICTION_EXTRAS = ("cluster", "mislabeling")  # kept by Label Studio only when PATCHed (`set_prediction_extras`)
 
 
 class LabelStudioUnavailable(Exception):

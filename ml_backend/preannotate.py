@@ -31,7 +31,7 @@ from ml_backend.inference import Inference
 from ml_backend.jobs import Enqueued, JobRunner, check_deadline, current_job_id
 from ml_backend.kv import KV
 from ml_backend.llm.priority import background_work
-from ml_backend.ls_client import ProjectClient, TaskRecord
+from ml_backend.ls_client import PREDICTION_EXTRAS, ProjectClient, TaskRecord
 from ml_backend.model_store import ModelStore, ProjectState, newest_instance
 from ml_backend.prediction_cache import PredictionCache
 from ml_backend.profile import Profiles, ProjectProfile
@@ -44,9 +44,6 @@ log = logging.getLogger(__name__)
 JOB = "ml_backend.preannotate.preannotate_project"
 ALL_TASKS = "*"  # member of a project's request set meaning "every task of the project"
 COLD_START_LOG_EVERY = 16  # a cold-start progress log line every this many tasks
-
-
-PREDICTION_EXTRAS = ("cluster", "mislabeling")  # set after the bulk write (Label Studio's import drops them)
 
 
 def coalesce_key(project_id: str) -> str:

@@ -16,9 +16,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from ml_backend.ls_client import PREDICTION_EXTRAS as DROPPED_ON_IMPORT  # Label Studio 1.23.2 ignores them in a bulk import
 from ml_backend.ls_client import TaskRecord
-
-DROPPED_ON_IMPORT = ("cluster", "mislabeling")  # what Label Studio 1.23.2 ignores in a bulk prediction import
 
 
 @dataclass

@@ -252,7 +252,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.gold_column:
         table.require_column(args.gold_column, "--gold-column")
     with_text = [i for i, row in enumerate(table.rows) if row[args.text_column].strip()]
-    tasks = [tasks_of(table, args.text_column, definition)[i] for i in with_text]
+    all_tasks = tasks_of(table, args.text_column, definition)
+    tasks = [all_tasks[i] for i in with_text]
     rows = [table.rows[i] for i in with_text]
     llm_labels = [row[args.label_column].strip() or None if has_labels else None for row in rows]
     use_confidence = has_labels and args.confidence_column in table.columns

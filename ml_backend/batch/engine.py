@@ -152,10 +152,6 @@ def tasks_of(table: Table, text_column: str, definition: TaskDefinition) -> list
     return tasks
 
 
-def text_tag(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 @dataclass
 class FileLabelStudio:
     """What the training job reads from "Label Studio" (`ls_client.ProjectClient.tasks`): the rows."""

@@ -18,9 +18,8 @@ import numpy as np
 from ml_backend.batch.engine import BatchError, TaskDefinition, tasks_of
 from ml_backend.batch.files import Table
 from ml_backend.clustering import cluster_ids
+from ml_backend.ls_client import PREDICTION_EXTRAS
 from ml_backend.offsets import OffsetUnit, span_value
-
-UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
 
 def _regions(definition: TaskDefinition, row: dict[str, str], text: str, unit: OffsetUnit, number: int) -> list[dict]:
@@ -101,38 +100,36 @@ def upload(items: list[dict[str, Any]], *, url: str, token: str, project_id: int
     `cluster` and `mislabeling` (verified on 1.23.2), so those are set afterwards on each stored
     prediction, found by its task's data."""
     import requests
+    from label_studio_sdk.core.api_error import ApiError
 
-    headers = {"Authorization": f"Token {token}"}
-    base = url.rstrip("/")
+    from ml_backend.ls_client import ProjectClient
+
     versions = sorted({p["model_version"] for item in items for p in item["predictions"] if p["model_version"]})
+    client = ProjectClient(url.rstrip("/"), token, project_id, timeout_s=timeout_s)
     try:
-        answer = requests.post(f"{base}/api/projects/{project_id}/import", json=items, headers=headers,
-                               params={"commit_to_project": "true"}, timeout=timeout_s)
+        answer = requests.post(f"{client.url}/api/projects/{project_id}/import", json=items, timeout=timeout_s,
+                               headers={"Authorization": f"Token {token}"}, params={"commit_to_project": "true"})
         answer.raise_for_status()
         imported = answer.json()
-        extras = _set_prediction_extras(items, base=base, token=token, project_id=project_id, timeout_s=timeout_s)
+        extras = _set_prediction_extras(items, client)
         if versions:
-            patch = requests.patch(f"{base}/api/projects/{project_id}", headers=headers, timeout=timeout_s,
-                                   json={"sampling": UNCERTAINTY_SAMPLING, "model_version": versions[-1]})
-            patch.raise_for_status()
+            client.order_queue(versions[-1])
     except requests.HTTPError as exc:
         body = exc.response.text[:300] if exc.response is not None else ""
         raise BatchError(f"Label Studio refused the import: {exc} {body}".strip()) from None
+    except ApiError as exc:
+        raise BatchError(f"Label Studio refused an update after the import: {exc.status_code} {str(exc.body)[:300]}") from None
     except requests.RequestException as exc:
         raise BatchError(f"cannot reach Label Studio at {url}: {exc}") from None
     return {"task_count": imported.get("task_count"), "prediction_count": imported.get("prediction_count"),
             "model_version": versions[-1] if versions else None, "clusters_set": extras}
 
 
-def _set_prediction_extras(items: list[dict[str, Any]], *, base: str, token: str, project_id: int,
-                           timeout_s: float) -> int:
-    from ml_backend.ls_client import ProjectClient
-
-    client = ProjectClient(base, token, project_id, timeout_s=timeout_s)
+def _set_prediction_extras(items: list[dict[str, Any]], client) -> int:
     wanted: dict[str, dict[str, Any]] = {}
     for item in items:
         prediction = item["predictions"][0]
-        extra = {k: prediction[k] for k in ("cluster", "mislabeling") if k in prediction}
+        extra = {k: prediction[k] for k in PREDICTION_EXTRAS if k in prediction}
         if extra:
             wanted[_data_key(item["data"])] = extra
     extras = {task.id: wanted[_data_key(task.data)] for task in client.tasks(page_size=500)

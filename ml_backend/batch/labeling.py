@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ml_backend.batch.engine import FileProject, TaskDefinition, tasks_of, text_tag
+from ml_backend.batch.engine import FileProject, TaskDefinition, tasks_of
 from ml_backend.batch.files import Table, write_table
+from ml_backend.llm_cache import text_tag
 
 log = logging.getLogger(__name__)
 
