@@ -8,6 +8,7 @@
     python -m ml_backend.cli train --project 3 [--here] [--wait]
     python -m ml_backend.cli versions --project 3
     python -m ml_backend.cli rollback --project 3 [--to slm-0002]
+    python -m ml_backend.cli auto-accept --project 3 [--threshold 0.97 | --target-accuracy 0.98] [--undo]
     python -m ml_backend.cli worker [--burst]
 
 Settings come from the environment, as for the server (REDIS_URL, MODEL_DIR, LABEL_STUDIO_URL, ...):
@@ -184,6 +185,45 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"error: {exc}") from None
     print(f"project {project} now serves {slm_version} as {model_version}; every unlabeled task is re-annotated")
     return 0
+
+
+def cmd_auto_accept(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the auto-accept pass on the project's current version now, or undo every automatic annotation."""
+    from ml_backend.auto_accept import AutoAccept, auto_accept_pass, single_choice_target
+
+    project = _require_project(settings, str(args.project))
+    services = _services(settings, preannotation=False)
+    state = services.store.load(project)
+    client = services.label_studio(state)
+    if args.undo:
+        removed = AutoAccept(client, project).undo()
+        print(f"project {args.project}: removed {removed} automatic annotation(s); the tasks are unlabeled again "
+              "(run `preannotate` so they get the current version's predictions)")
+        return 0
+    if args.threshold is not None or args.target_accuracy is not None:  # the command line wins over settings
+        fixed, target_accuracy = args.threshold, args.target_accuracy
+    else:
+        fixed, target_accuracy = settings.auto_accept_threshold, settings.auto_accept_target_accuracy
+    if fixed is None and target_accuracy is None:
+        raise SystemExit("error: give --threshold or --target-accuracy (or set AUTO_ACCEPT_THRESHOLD / "
+                         "AUTO_ACCEPT_TARGET_ACCURACY); `GET /report?project=ID` shows the thresholds")
+    profile = services.profiles.of_state(state)
+    summary = auto_accept_pass(
+        client, project, profile.version, single_choice_target(profile.spec.classification_targets), fixed,
+        target_accuracy, lambda batch: services.inference.score_tasks(profile, [task.as_task() for task in batch]),
+    )
+    print(json.dumps(summary.as_dict(), indent=2, ensure_ascii=False))
+    return 0 if summary.threshold is not None else 1
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a probability in (0, 1]")
+    return value
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -365,6 +405,26 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--project", required=True, type=int)
     rollback.add_argument("--to", help="the SLM version to serve, e.g. slm-0002 (see `versions`)")
     rollback.set_defaults(func=cmd_rollback)
+
+    accept = commands.add_parser(
+        "auto-accept",
+        help="annotate the tasks both models are sure of (or --undo: remove every automatic annotation)",
+        description="For every task without any annotation whose current-version prediction scores at least the "
+        "threshold and where the LLM and the trained SLM agree, writes an annotation completed by the member "
+        "auto-accept@ls-llm-backend.local (filter them in the Data Manager by 'Annotated by'). Never over or "
+        "beside a human annotation, never used as a human label in training. The threshold: --threshold, or "
+        "the lowest one at which the project's reviewed tasks reach --target-accuracy (its threshold report, "
+        "GET /report?project=ID), or AUTO_ACCEPT_THRESHOLD / AUTO_ACCEPT_TARGET_ACCURACY.",
+        epilog="examples:\n  python -m ml_backend.cli auto-accept --project 3 --target-accuracy 0.98\n"
+        "  python -m ml_backend.cli auto-accept --project 3 --threshold 0.97\n"
+        "  python -m ml_backend.cli auto-accept --project 3 --undo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    accept.add_argument("--project", required=True, type=int)
+    accept.add_argument("--threshold", type=_probability, help="accept predictions scored at least this")
+    accept.add_argument("--target-accuracy", type=_probability, help="choose the threshold from the report")
+    accept.add_argument("--undo", action="store_true", help="delete every automatic annotation of the project")
+    accept.set_defaults(func=cmd_auto_accept)
 
     worker = commands.add_parser("worker", help="run an rq worker for the job queue (needs REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")

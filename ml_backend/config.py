@@ -154,6 +154,16 @@ class Settings(BaseSettings):
     queue_ordering: bool = Field(
         True, description="After each new version: uncertainty sampling on it and a 'Review queue' view (lowest score first)."
     )
+    auto_accept_threshold: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Off when unset. After each new version, unannotated tasks whose score is at least this and "
+        "where LLM and SLM agree get an automatic annotation (user auto-accept@ls-llm-backend.local).",
+    )
+    auto_accept_target_accuracy: float | None = Field(
+        None, gt=0.5, lt=1.0,
+        description="Instead of a fixed threshold: the lowest one at which the project's reviewed tasks reach "
+        "this accuracy (its threshold report; needs 30 reviewed tasks).",
+    )
     training_auto: bool = Field(
         True, description="Annotation webhooks start training; off: only Start Training / POST /train do."
     )

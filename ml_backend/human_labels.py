@@ -1,7 +1,8 @@
 """Team projects: several annotations of one task become one human label (pure).
 
 Rules, in order:
-1. Cancelled (skipped) annotations and those without a choice of the target are ignored.
+1. Cancelled (skipped) annotations, those without a choice of the target, and automatic ones
+   (`is_automatic`: written by auto-accept, never a human label) are ignored.
 2. A ground-truth annotation wins (the newest one, if several are marked).
 3. Otherwise the majority label; a tie goes to the label annotated most recently.
 
@@ -15,7 +16,11 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Iterable, Sequence
+
+AUTOMATIC_ACTION = "prediction"  # Label Studio's "Created from prediction": set only by auto-accept
+EDITED_AFTER_S = 1.0  # updated this long after creation: an annotator submitted it again, it is theirs
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,38 @@ def _choice_of(annotation: dict[str, Any], from_name: str, label_names: Sequence
     return None
 
 
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def is_automatic(annotation: dict[str, Any]) -> bool:
+    """Written by auto-accept (`ml_backend.auto_accept`) and not edited by an annotator since.
+
+    Label Studio never sets `last_action` itself, so "prediction" marks the backend's own
+    annotations; an annotator who opens one and submits it again moves `updated_at` on, and then
+    it counts as theirs."""
+    if not isinstance(annotation, dict) or annotation.get("last_action") != AUTOMATIC_ACTION:
+        return False
+    created, updated = _timestamp(annotation.get("created_at")), _timestamp(annotation.get("updated_at"))
+    return created is None or updated is None or updated - created < EDITED_AFTER_S
+
+
+def human_annotations(annotations: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The annotations people made (automatic ones left out)."""
+    return [a for a in annotations if isinstance(a, dict) and not is_automatic(a)]
+
+
 def votes_of(annotations: Iterable[dict[str, Any]], from_name: str, label_names: Sequence[str]) -> list[_Vote]:
     votes = []
     for annotation in annotations:
-        if not isinstance(annotation, dict) or annotation.get("was_cancelled"):
+        if not isinstance(annotation, dict) or annotation.get("was_cancelled") or is_automatic(annotation):
             continue
         label = _choice_of(annotation, from_name, label_names)
         if label is not None:
@@ -76,6 +109,6 @@ def annotations_fingerprint(per_task: Iterable[tuple[int, Iterable[dict[str, Any
     """A hash of what the annotators did (ids, versions, skips): equal fingerprints, nothing new to learn."""
     rows = sorted(
         (int(task_id), int(a.get("id") or 0), str(a.get("updated_at") or ""), bool(a.get("was_cancelled")))
-        for task_id, annotations in per_task for a in annotations if isinstance(a, dict)
+        for task_id, annotations in per_task for a in human_annotations(annotations)
     )
     return hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()[:16]

@@ -185,3 +185,37 @@ class ProjectClient:
     def set_model_version(self, version: str) -> None:
         """Point the project (uncertainty sampling, the labeling UI) at `version`."""
         self.sdk.projects.update(id=self.project_id, model_version=version)
+
+    # --- auto-accept (`ml_backend.auto_accept`) --------------------------------------------------
+    def ensure_user(self, email: str, *, first_name: str = "", last_name: str = "") -> int:
+        """The id of the organization member with this email, created (without a password: it
+        cannot log in) if missing. Auto-accepted annotations are completed by this user, so the
+        Data Manager's "Annotated by" filter and exports can tell them apart."""
+        for user in self.sdk.users.list():
+            if (getattr(user, "email", "") or "").lower() == email.lower():
+                return int(user.id)
+        created = self.sdk.users.create(email=email, username=email, first_name=first_name, last_name=last_name)
+        log.info("event=ls_user_created project=%s user=%s email=%s", self.project_id, created.id, email)
+        return int(created.id)
+
+    def create_annotation(self, task_id: int, result: list[dict[str, Any]], *, completed_by: int,
+                          last_action: str, parent_prediction: int | None = None) -> int:
+        """One annotation of a task, completed by `completed_by` (not the token's user)."""
+        annotation = self.sdk.annotations.create(
+            id=int(task_id), result=result, completed_by=int(completed_by), last_action=last_action,
+            lead_time=0.0, ground_truth=False, was_cancelled=False,
+            **({"parent_prediction": int(parent_prediction)} if parent_prediction else {}),
+        )
+        return int(annotation.id)
+
+    def delete_annotation(self, annotation_id: int) -> bool:
+        """Delete one annotation; False if it was already gone (404)."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        try:
+            self.sdk.annotations.delete(id=int(annotation_id))
+        except ApiError as exc:
+            if exc.status_code != 404:
+                raise
+            return False
+        return True

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from ml_backend import keys
+from ml_backend.auto_accept import auto_accept_pass, single_choice_target
 from ml_backend.config import Settings
 from ml_backend.inference import Inference
 from ml_backend.jobs import Enqueued, JobRunner, check_deadline, current_job_id
@@ -392,9 +393,32 @@ class PreannotationRun:
             self.client.set_model_version(self.version)
             log.info("event=project_model_version_set project=%s model_version=%s", self.project_id, self.version)
 
+    def _auto_accept(self) -> dict[str, Any] | None:
+        """With AUTO_ACCEPT_THRESHOLD / AUTO_ACCEPT_TARGET_ACCURACY: annotate what both models are
+        sure of (`ml_backend.auto_accept`). A failure is logged, never fails the written predictions:
+        the next version (or `cli auto-accept`) runs it again."""
+        settings = self.settings
+        if settings.auto_accept_threshold is None and settings.auto_accept_target_accuracy is None:
+            return None
+        profile = self._current_profile()
+        try:
+            summary = auto_accept_pass(
+                self.client, self.project_id, self.version,
+                single_choice_target(profile.spec.classification_targets),
+                settings.auto_accept_threshold, settings.auto_accept_target_accuracy,
+                lambda batch: self.context.inference.score_tasks(profile, [task.as_task() for task in batch]),
+            )
+        except Exception as exc:  # noqa: BLE001 - logged with its reason; predictions stay written
+            log.error("event=auto_accept_failed project=%s model_version=%s error=%r", self.project_id,
+                      self.version, f"{type(exc).__name__}: {exc}"[:300])
+            return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        return summary.as_dict()
+
     def _finish(self, tasks: list[TaskRecord], covered: int, labeled: int, superseded: bool) -> dict[str, Any]:
+        auto_accepted = None
         if not superseded and (self.done or covered):
             self._point_project_at_version()
+            auto_accepted = self._auto_accept()
         self.context.kv.delete(_active_key(self.project_id))
         finished = self._report(state=DONE, finished_at=time.time(), eta_s=0.0)
         if self.written or self.first_page:
@@ -411,5 +435,7 @@ class PreannotationRun:
             "covered": covered,
             "labeled": labeled,
         }
+        if auto_accepted is not None:
+            summary["auto_accepted"] = auto_accepted.get("accepted", 0)
         log.info("event=preannotate_done %s", " ".join(f"{k}={v}" for k, v in summary.items()))
         return summary

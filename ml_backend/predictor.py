@@ -76,6 +76,7 @@ class Refined:
     scores: np.ndarray  # (n,) calibrated P(pre-annotation is right): the prediction's score
     mislabeling: np.ndarray  # (n,) P(the LLM's own label is wrong): Label Studio's `mislabeling`
     clusters: np.ndarray | None = None  # (n,) the text's cluster: Label Studio's `cluster` (uncertainty sampling)
+    agreement: np.ndarray | None = None  # (n,) bool: the LLM's and the SLM's labels are the same (auto-accept needs it)
 
 
 class TargetHook(Protocol):
@@ -102,7 +103,18 @@ class TargetScores:
 
     target: Target
     probabilities: list[np.ndarray | None]
-    refined: list[tuple[np.ndarray, float, float, int | None] | None] | None = None  # (probabilities, score, mislabeling, cluster)
+    refined: list[RefinedRow | None] | None = None
+
+
+@dataclass(frozen=True)
+class RefinedRow:
+    """One task's served scores of one target (a row of `Refined`)."""
+
+    probabilities: np.ndarray
+    score: float
+    mislabeling: float
+    cluster: int | None
+    agreement: bool | None
 
 
 def task_text(task: dict[str, Any], target: Target) -> str | None:
@@ -342,7 +354,7 @@ def predict_tasks(
 
     predictions = []
     for index, task in enumerate(tasks):
-        regions, scores, mislabeling, clusters = [], [], [], []
+        regions, scores, mislabeling, clusters, agreement = [], [], [], [], []
         for target_scores in per_target:
             probs = target_scores.probabilities[index]
             if probs is None:
@@ -351,10 +363,12 @@ def predict_tasks(
             if refined is None:
                 region, score = _choices_region(target_scores.target, probs)
             else:
-                region, score = _choices_region(target_scores.target, refined[0], score=refined[1])
-                mislabeling.append(refined[2])
-                if refined[3] is not None:
-                    clusters.append(refined[3])
+                region, score = _choices_region(target_scores.target, refined.probabilities, score=refined.score)
+                mislabeling.append(refined.mislabeling)
+                if refined.cluster is not None:
+                    clusters.append(refined.cluster)
+                if refined.agreement is not None:
+                    agreement.append(refined.agreement)
             regions.append(region)
             scores.append(score)
         for target, entities_per_task in per_span_target:
@@ -381,6 +395,8 @@ def predict_tasks(
             prediction["mislabeling"] = float(max(mislabeling))
         if clusters:
             prediction["cluster"] = int(clusters[0])
+        if agreement:  # not stored by Label Studio (its serializer ignores the key); read by auto-accept
+            prediction["agreement"] = bool(all(agreement))
         predictions.append(prediction)
     return predictions
 
@@ -421,14 +437,16 @@ def _classify_target(
     for task_id, task_index in zip(ids, present):
         if task_id is not None and task_id in known:
             probabilities[task_index] = known[task_id]
-    refined_rows: list[tuple[np.ndarray, float, float, int | None] | None] | None = None
+    refined_rows: list[RefinedRow | None] | None = None
     refined = hook.refine(target, [texts[i] for i in present], np.stack([probabilities[i] for i in present])) if hook else None
     if refined is not None:
         refined_rows = [None] * len(tasks)
         for row, task_index in enumerate(present):
-            refined_rows[task_index] = (refined.probabilities[row], float(refined.scores[row]),
-                                        float(refined.mislabeling[row]),
-                                        None if refined.clusters is None else int(refined.clusters[row]))
+            refined_rows[task_index] = RefinedRow(
+                probabilities=refined.probabilities[row], score=float(refined.scores[row]),
+                mislabeling=float(refined.mislabeling[row]),
+                cluster=None if refined.clusters is None else int(refined.clusters[row]),
+                agreement=None if refined.agreement is None else bool(refined.agreement[row]))
     return TargetScores(target=target, probabilities=probabilities, refined=refined_rows)
 
 

@@ -156,7 +156,8 @@ class ProjectHook:
             return None
         blended = served.score(llm_probabilities, embeddings)
         return Refined(probabilities=blended.probabilities, scores=blended.score,
-                       mislabeling=blended.llm_wrong_probability, clusters=blended.cluster)
+                       mislabeling=blended.llm_wrong_probability, clusters=blended.cluster,
+                       agreement=~blended.disagreement)
 
     def ner_demonstrations(self, target: Target, texts: list[str]) -> list[list[NerDemonstration]] | None:
         examples = self.served_slm

@@ -29,6 +29,7 @@ from typing import Any
 
 from ml_backend import keys
 from ml_backend.config import Settings
+from ml_backend.human_labels import is_automatic
 from ml_backend.jobs import Enqueued, JobRunner
 from ml_backend.kv import KV
 from ml_backend.model_store import ModelStore
@@ -86,6 +87,8 @@ class Retraining:
         self.status_store = TrainingStatus(kv)
 
     def annotation_changed(self, project_key: str, action: str, data: dict[str, Any]) -> dict[str, Any]:
+        if is_automatic(data.get("annotation")):  # auto-accept's own annotation: nothing for the SLM to learn
+            return {"status": "ignored", "reason": "an automatic (auto-accepted) annotation"}
         self.kv.sadd(keys.training_events(project_key), [f"{action}:{i}" for i in annotation_ids(action, data)])
         pending = len(self.kv.smembers(keys.training_events(project_key)))
         needed = self.settings.train_min_new_annotations

@@ -31,6 +31,7 @@ class FakeLabelStudio:
     project_model_version: str | None = None
     sampling: str = "Sequential sampling"
     views: list[str] = field(default_factory=list)
+    users: dict[str, int] = field(default_factory=dict)  # email → id
     events: list[tuple[str, Any]] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -113,6 +114,31 @@ class FakeLabelStudio:
         self.annotations.setdefault(task_id, []).append(annotation)
         self.events.append(("annotate", task_id))
         return annotation
+
+    def ensure_user(self, email: str, *, first_name: str = "", last_name: str = "") -> int:
+        if email not in self.users:
+            self.users[email] = 1000 + len(self.users)
+            self.events.append(("user_created", email))
+        return self.users[email]
+
+    def create_annotation(self, task_id: int, result: list[dict[str, Any]], *, completed_by: int,
+                          last_action: str, parent_prediction: int | None = None) -> int:
+        annotation = {"id": next(self._ids), "result": result, "completed_by": completed_by,
+                      "last_action": last_action, "parent_prediction": parent_prediction, "was_cancelled": False,
+                      "ground_truth": False, "lead_time": 0.0, "created_at": "2026-12-02T00:00:00Z",
+                      "updated_at": "2026-12-02T00:00:00.2Z"}
+        self.annotations.setdefault(task_id, []).append(annotation)
+        self.events.append(("create_annotation", task_id))
+        return annotation["id"]
+
+    def delete_annotation(self, annotation_id: int) -> bool:
+        for task_id, annotations in self.annotations.items():
+            for annotation in annotations:
+                if annotation["id"] == annotation_id:
+                    annotations.remove(annotation)
+                    self.events.append(("delete_annotation", task_id))
+                    return True
+        return False
 
     # --- what tests look at -------------------------------------------------------------------
     def versions_per_task(self) -> dict[int, list[str]]:

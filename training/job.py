@@ -50,7 +50,7 @@ from ml_backend.clustering import fit_clusters
 from ml_backend.review_priority import PriorityModel, cluster_offsets, fit_priority, prior_model
 from ml_backend.review_priority import features as priority_features
 from ml_backend.versioning import llm_version
-from training.annotations import annotations_fingerprint, combine_annotations
+from training.annotations import annotations_fingerprint, combine_annotations, human_annotations
 from training.blend import LLMSLMBlend
 from training.ner_examples import examples_of, save_ner_examples
 from training.slm import SLMClassifier
@@ -159,6 +159,8 @@ class TrainingRun:
         if not self.forced and self._serving_is_current(state, profile, target, fingerprint):
             raise NothingToTrain("no annotation changed since the serving version was trained")
         annotations_total = sum(1 for task in tasks for a in task.annotations if not a.get("was_cancelled"))
+        for task in tasks:  # auto-accepted annotations are the models' own labels, never a human one
+            task.annotations = human_annotations(task.annotations)
         if target.kind == "labels":
             return self._run_ner(profile, target, tasks, fingerprint, annotations_total)
         texts = [target_text(task.as_task(), target) for task in tasks]
@@ -259,27 +261,13 @@ class TrainingRun:
 
     def _fit(self, embeddings: np.ndarray, llm_probabilities: np.ndarray, human_labels: np.ndarray,
              labels: list[str]) -> tuple[SLMClassifier, LLMSLMBlend, dict[str, float]]:
-        """The noisy-label SLM, then the blend on the human-labeled tasks (SLM out-of-fold there)."""
         started = time.perf_counter()
         self._stage("fit", 0, 1)
-        encoder = self.context.encoders.get()
-        slm = SLMClassifier(method="noisy", label_names=labels, encoder_id=encoder.encoder_id, seed=0)
-        slm.fit(embeddings, llm_probabilities, human_labels, n_classes=len(labels))
-        rows = human_labels >= 0
-        blend = LLMSLMBlend()
-        if rows.any():
-            blend.fit(llm_probabilities[rows], slm.oof_probabilities_[rows], human_labels[rows])
-        served = blend.predict(llm_probabilities, slm.predict_proba(embeddings))
-        metrics = {
-            **slm.metrics_,
-            **blend.state()["metrics"],
-            "disagreement_rate": float(served.disagreement.mean()),
-            "clean_llm_labels": slm.counts_["clean_llm_labels"],
-            "pseudo_labels": slm.counts_["pseudo_labels"],
-        }
+        fitted = fit_slm_and_blend(embeddings, llm_probabilities, human_labels, labels,
+                                   encoder_id=self.context.encoders.get().encoder_id)
         self.timings["fit"] = round(time.perf_counter() - started, 2)
         self._stage("fit", 1, 1)
-        return slm, blend, metrics
+        return fitted
 
     def _save(self, slm: SLMClassifier, blend: LLMSLMBlend, metrics: dict[str, float], profile: ProjectProfile,
               target: Target, human: list, fingerprint: str, n_tasks: int, annotations_total: int,
@@ -328,6 +316,27 @@ class QueuePriority:
     model: PriorityModel
     centroids: np.ndarray
     metrics: dict[str, float]
+
+
+def fit_slm_and_blend(embeddings: np.ndarray, llm_probabilities: np.ndarray, human_labels: np.ndarray,
+                      labels: list[str], *, encoder_id: str) -> tuple[SLMClassifier, LLMSLMBlend, dict[str, float]]:
+    """The noisy-label SLM, then the blend on the human-labeled tasks (SLM out-of-fold there).
+    The fitting core of a run, without Label Studio or the store: the review-order benchmark runs it too."""
+    slm = SLMClassifier(method="noisy", label_names=labels, encoder_id=encoder_id, seed=0)
+    slm.fit(embeddings, llm_probabilities, human_labels, n_classes=len(labels))
+    rows = human_labels >= 0
+    blend = LLMSLMBlend()
+    if rows.any():
+        blend.fit(llm_probabilities[rows], slm.oof_probabilities_[rows], human_labels[rows])
+    served = blend.predict(llm_probabilities, slm.predict_proba(embeddings))
+    metrics = {
+        **slm.metrics_,
+        **blend.state()["metrics"],
+        "disagreement_rate": float(served.disagreement.mean()),
+        "clean_llm_labels": slm.counts_["clean_llm_labels"],
+        "pseudo_labels": slm.counts_["pseudo_labels"],
+    }
+    return slm, blend, metrics
 
 
 def fit_queue_priority(embeddings: np.ndarray, llm: np.ndarray, slm_oof: np.ndarray, human_labels: np.ndarray,

@@ -10,6 +10,7 @@ assertions: speed is measured in benchmarks/.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from collections import Counter
 from functools import partial
@@ -20,7 +21,11 @@ import requests
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 from tests.integration.backend_status import is_finished, preannotation_status, versions_per_task, wait_for
 from tests.integration.conftest import LS_TOKEN
-from tests.integration.services import backend_process, kill_hard, start_worker
+from ml_backend.auto_accept import AUTO_ACCEPT_EMAIL
+from ml_backend.human_labels import is_automatic
+from ml_backend.ls_client import ProjectClient
+from tests.integration.annotators import sign_up_annotator
+from tests.integration.services import backend_process, kill_hard, run_cli, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +145,9 @@ def test_annotations_train_a_version_that_survives_a_killed_worker_and_reaches_e
                                   timeout=120).json()
             assert report["reviewed"] == N_ANNOTATED and 0.0 <= report["accuracy"] <= 1.0
 
+            _two_annotators_get_different_tasks(label_studio, project.id, set(unlabeled))
+            _auto_accept_and_undo(env, backend_url, label_studio, project.id, second, scores, set(labeled))
+
             versions = requests.get(f"{backend_url}/versions", params={"project": project.id}, timeout=10).json()
             (slm,) = versions["slm_versions"]
             assert slm["current"] and slm["counts"]["human_labels"] == N_ANNOTATED
@@ -170,3 +178,50 @@ def test_annotations_train_a_version_that_survives_a_killed_worker_and_reaches_e
     finally:
         for worker in workers:
             kill_hard(worker)
+
+
+def _two_annotators_get_different_tasks(label_studio: str, project_id: int, unlabeled: set[int]) -> None:
+    """Two annotators who joined through the invite link pull /next at once: Label Studio's task
+    locks give them different unlabeled tasks."""
+    sessions = [sign_up_annotator(label_studio, LS_TOKEN, f"annotator{i}-{project_id}@example.com", f"pw-{i}-annotator")
+                for i in (1, 2)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        pulled = list(pool.map(lambda s: s.get(f"{label_studio}/api/projects/{project_id}/next", timeout=60).json(),
+                               sessions))
+    ids = [task["id"] for task in pulled]
+    assert ids[0] != ids[1] and set(ids) <= unlabeled, pulled
+
+
+def _auto_accept_and_undo(env: dict, backend_url: str, label_studio: str, project_id: int, version: str,
+                          scores: list[float], labeled: set[int]) -> None:
+    """`cli auto-accept` above the median score writes marked annotations only where the current
+    version's score reaches it, never on a human-labeled task; their webhooks start no training;
+    `--undo` removes exactly them."""
+    client = ProjectClient(label_studio, LS_TOKEN, project_id)
+    runs_before = _training(backend_url, project_id).get("runs", 0)
+    threshold = sorted(scores)[len(scores) // 2]
+    done = run_cli(env, "auto-accept", "--project", str(project_id), "--threshold", f"{threshold:.6f}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    tasks = list(client.tasks(annotations=True))
+    bot = client.ensure_user(AUTO_ACCEPT_EMAIL)
+    automatic = {t.id: [a for a in t.annotations if is_automatic(a)] for t in tasks}
+    automatic = {task_id: found for task_id, found in automatic.items() if found}
+    assert summary["accepted"] == len(automatic) > 0, summary
+    for task in tasks:
+        if task.id not in automatic:
+            continue
+        (annotation,) = task.annotations  # alone on its task: never beside a human annotation
+        assert task.id not in labeled and annotation["completed_by"] == bot
+        (shown,) = [p for p in task.predictions if p["model_version"] == version]
+        assert shown["score"] >= threshold and annotation["result"] == shown["result"]
+        assert annotation["parent_prediction"] == shown["id"]
+    time.sleep(3)  # Label Studio has sent their ANNOTATION_CREATED webhooks by now (synchronously)
+    training = _training(backend_url, project_id)
+    assert training.get("runs", 0) == runs_before and training.get("state") not in ("queued", "running")
+
+    undone = run_cli(env, "auto-accept", "--project", str(project_id), "--undo")
+    assert undone.returncode == 0, undone.stderr[-3000:]
+    after = list(client.tasks(annotations=True))
+    assert not any(is_automatic(a) for t in after for a in t.annotations)
+    assert sorted(t.id for t in after if t.annotations) == sorted(labeled)
