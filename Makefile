@@ -8,7 +8,7 @@ LS_VENV := .venv-ls
 PORT ?= 9090
 LABEL_STUDIO_VERSION := 1.23.2
 
-.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders clean
+.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders stack-start stack-stop stack-status clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,16 @@ label-studio: $(LS_VENV)/.installed
 encoders: install
 	$(VENV)/bin/python -m ml_backend.encoders prepare
 
+# The stack without Docker (README, "Deployment"): Label Studio, redis-server, the backend, STACK_WORKERS rq workers.
+stack-start: install label-studio encoders
+	scripts/stack start
+
+stack-stop:
+	scripts/stack stop
+
+stack-status:
+	scripts/stack status
+
 run: install encoders
 	PORT=$(PORT) $(VENV)/bin/gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app
 
@@ -67,4 +77,4 @@ bench: install-dev label-studio encoders
 	bash scripts/run_benchmarks.sh
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) .ls-data .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) .ls-data .stack .pytest_cache
