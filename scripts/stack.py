@@ -284,7 +284,7 @@ def _log_tail(config: StackConfig, name: str, lines: int = 15) -> str:
 
 def _preflight(config: StackConfig, stack: list[Service]) -> None:
     if shutil.which("redis-server") is None:
-        raise SystemExit("error: redis-server not found: apt-get install redis-server (Debian package, as root)")
+        raise SystemExit("error: redis-server not found: run `bash scripts/install.sh redis` (as root; Debian package)")
     binary = label_studio_binary(config.env)
     if not binary.exists():
         raise SystemExit(f"error: {binary} missing: run `make label-studio` (or set LS_VENV to Label Studio's venv)")
