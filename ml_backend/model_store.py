@@ -275,6 +275,17 @@ class ModelStore:
     def exists(self, project_key: str) -> bool:
         return self._path(self.resolve(project_key)).is_file()
 
+    def project_keys(self) -> list[str]:
+        """Every project instance with a stored state ("3.1795612540"; "3" for state under a bare id)."""
+        found = []
+        for folder in sorted(self.root.glob("project_*")):
+            project_id = folder.name.removeprefix("project_")
+            if (folder / "state.json").is_file():
+                found.append(project_id)
+            found.extend(f"{project_id}.{child.name}" for child in sorted(folder.iterdir())
+                         if child.name.isdigit() and (child / "state.json").is_file())
+        return found
+
     @contextlib.contextmanager
     def _locked(self, project_key: str) -> Iterator[None]:
         lock_path = self._path(project_key).with_name("state.json.lock")

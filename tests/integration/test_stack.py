@@ -71,6 +71,8 @@ def test_stack_start_status_stop(tmp_path, default_model_path, model_cache_dir):
         health = requests.get(f"{config.backend_url}/health", timeout=5).json()
         assert health["status"] == "UP" and health["model_loaded"] is True
         assert redis.Redis.from_url(config.redis_url).ping()
+        metrics = requests.get(f"{config.backend_url}/metrics", timeout=10).text
+        assert 'lsllm_queue_depth{runner="rq"} 0.0' in metrics  # the backend enqueues to this Redis
         registered = stack.registered_worker_pids(config.redis_url, config.queue)
         assert registered == {pids["worker-1"], pids["worker-2"]}
 
