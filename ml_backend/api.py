@@ -79,8 +79,10 @@ def parse_extra_params(raw: Any, *, project: Any = None) -> dict[str, Any] | Non
     ('{"instruction": "..."}'); the API may store an object. Anything else is ignored with a
     warning that names the problem (the user typed it expecting an effect).
     """
-    if raw is None or raw == "" or isinstance(raw, dict):
-        return raw or None
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, dict):
+        return raw  # {} too: the connection now asks for no per-project setting
     reason = "not_json"
     if isinstance(raw, str):
         try:

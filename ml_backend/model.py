@@ -18,7 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ml_backend import keys, telemetry
+from ml_backend import keys, project_settings, telemetry
 from ml_backend.config import Settings
 from ml_backend.inference import Inference, TaskScorer
 from ml_backend.model_store import (
@@ -94,16 +94,22 @@ class LLMBackend:
         if instruction is not None and not isinstance(instruction, str):
             log.warning("event=extra_params_ignored project=%s reason=instruction_not_a_string", project_key)
             instruction = None
+        overrides = self._project_settings(project_key, extra_params)
         snapshot = self.store.load(project_key)
         changed = snapshot.label_config != label_config or (
             instruction is not None and snapshot.instruction != instruction
         )
+        changed |= overrides is not None and snapshot.project_settings != overrides
         changed |= remember_setup_credentials(snapshot, hostname, access_token)  # on the snapshot: just "changed?"
 
         def remember(state: ProjectState) -> None:
             state.label_config = label_config
             if instruction is not None:
                 state.instruction = instruction.strip() or None
+            if overrides is not None and state.project_settings != overrides:
+                log.info("event=project_settings project=%s %s", project_key,
+                         " ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "none=defaults")
+                state.project_settings = overrides
             remember_setup_credentials(state, hostname, access_token)
 
         version = self.publisher.apply(
@@ -112,6 +118,17 @@ class LLMBackend:
         )
         log.info("event=setup project=%s model_version=%s targets=%d", project_key, version, len(spec.targets))
         return version
+
+    @staticmethod
+    def _project_settings(project_key: str, extra_params: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The per-project settings the connection asks for (None: extra params absent or not a
+        JSON object, the stored ones stay); keys ignored are logged with the reason."""
+        if not isinstance(extra_params, dict):
+            return None
+        overrides, problems = project_settings.parse(extra_params)
+        for problem in problems:
+            log.warning("event=extra_params_ignored project=%s %s", project_key, problem)
+        return overrides
 
     def predict(
         self,
