@@ -282,7 +282,7 @@ def _log_tail(config: StackConfig, name: str, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _preflight(config: StackConfig, stack: list[Service]) -> None:
+def _preflight(config: StackConfig) -> None:
     if shutil.which("redis-server") is None:
         raise SystemExit("error: redis-server not found: run `bash scripts/install.sh redis` (as root; Debian package)")
     binary = label_studio_binary(config.env)
@@ -292,7 +292,7 @@ def _preflight(config: StackConfig, stack: list[Service]) -> None:
 
 def start(config: StackConfig) -> int:
     stack = services(config)
-    _preflight(config, stack)
+    _preflight(config)
     config.logs.mkdir(parents=True, exist_ok=True)
     for service in stack:
         service.cwd.mkdir(parents=True, exist_ok=True)
