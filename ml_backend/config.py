@@ -202,6 +202,10 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
     basic_auth_user: str | None = Field(None, description="If set with BASIC_AUTH_PASS, require HTTP basic auth.")
     basic_auth_pass: str | None = Field(None, description="Password for BASIC_AUTH_USER.")
+    prometheus_multiproc_dir: Path | None = Field(
+        None, description="Where gunicorn's workers write their /metrics values (emptied at start; default: a "
+        "fresh temporary folder). prometheus-client's own variable: gunicorn_conf sets it for the workers.",
+    )
 
     def encoder_dir(self) -> Path:
         return self.slm_encoder_dir or self.cache_dir / "encoders"

@@ -5,8 +5,11 @@ serve Label Studio's concurrent calls (fast /setup and /webhook while a /predict
 `timeout` is above Label Studio's 100 s predict timeout, never 0: a hung worker is replaced.
 
 Every value comes from `ml_backend.config.Settings` (HOST, PORT, WORKERS, THREADS,
-WORKER_TIMEOUT, LOG_LEVEL, REDIS_URL), built once here: a wrong variable stops gunicorn
-before it binds, with a message that names it.
+WORKER_TIMEOUT, LOG_LEVEL, REDIS_URL, PROMETHEUS_MULTIPROC_DIR), built once here: a wrong
+variable stops gunicorn before it binds, with a message that names it.
+
+`/metrics` is multiprocess-safe: the master empties PROMETHEUS_MULTIPROC_DIR and exports it before
+any worker imports prometheus-client, and `child_exit` marks a dead worker (ml_backend.telemetry).
 """
 
 import sys
@@ -16,6 +19,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[1])
 if _REPO_ROOT not in sys.path:  # gunicorn loads this file before the app: make `ml_backend` importable
     sys.path.insert(0, _REPO_ROOT)
 
+from ml_backend import telemetry  # noqa: E402 - imports no prometheus-client (that happens in the workers)
 from ml_backend.config import SettingsError, load_settings  # noqa: E402
 
 try:
@@ -32,6 +36,13 @@ graceful_timeout = 30
 accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+
+_metrics_dir = telemetry.prepare_multiproc_dir(_settings.prometheus_multiproc_dir)
+
+
+def child_exit(server, worker) -> None:
+    """A worker exited (restart, timeout, crash): its counters stay in /metrics, its live gauges go."""
+    telemetry.mark_process_dead(worker.pid)
 
 if workers > 1 and not _settings.redis_url:
     # Without Redis, background jobs, their coalescing and progress live inside each worker process.

@@ -161,15 +161,31 @@ def run_job(
         log.info("event=job_started job=%s func=%s args=%s", job_id, func_path, list(args))
         result = resolve(func_path)(*args, context=context, **(job_kwargs or {}))
         log.info("event=job_finished job=%s func=%s ms=%d", job_id, func_path, (time.perf_counter() - started) * 1000)
+        _count_outcome(context.kv, func_path, "finished")
         return result
     except Exception as exc:
         log.exception("event=job_failed job=%s func=%s error=%s", job_id, func_path, _one_line(exc))
+        _count_outcome(context.kv, func_path, _outcome_of(exc))
         raise
     finally:
         if lease is not None:
             lease.release()
         _deadline.reset(token)
         _job_id.reset(job_token)
+
+
+def _outcome_of(exc: Exception) -> str:
+    """ "timeout" for our deadline and for rq's own (`rq.timeouts.JobTimeoutException`), else "failed"."""
+    return "timeout" if isinstance(exc, JobTimeout) or type(exc).__name__ == "JobTimeoutException" else "failed"
+
+
+def _count_outcome(kv: KV, func_path: str, outcome: str) -> None:
+    """Count a job run in the shared store (`/metrics` shows `lsllm_jobs_total{kind, outcome}`):
+    jobs run in rq workers that serve no HTTP, so the web process reads the count from Redis."""
+    try:
+        kv.hincr(keys.JOB_OUTCOMES, f"{func_path.rpartition('.')[2]}:{outcome}")
+    except Exception as exc:  # noqa: BLE001 - a metric must never change a job's outcome
+        log.warning("event=job_outcome_not_counted func=%s error=%s", func_path, _one_line(exc))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -234,6 +250,11 @@ class JobRunner(ABC):
     @abstractmethod
     def job_status(self, job_id: str) -> dict[str, Any] | None: ...
 
+    def queue_depth(self) -> int | None:
+        """Jobs waiting for a worker now (not the running ones, not the retries scheduled later);
+        None when this runner cannot tell."""
+        return None
+
 
 class InProcessRunner(JobRunner):
     """One daemon thread per process runs jobs in order; started on the first enqueue."""
@@ -293,6 +314,9 @@ class InProcessRunner(JobRunner):
             job = self._jobs.get(job_id)
             return dict(job) if job else None
 
+    def queue_depth(self):
+        return self._queue.qsize()
+
     def jobs(self) -> list[dict[str, Any]]:
         """Every job this runner was given, oldest first (status, func, args, attempts, error)."""
         with self._lock:
@@ -348,6 +372,9 @@ class RqRunner(JobRunner):
             failure_ttl=7 * 24 * 3600,
             description=f"{func_path}{tuple(args)}",
         )
+
+    def queue_depth(self):
+        return self.queue.count
 
     def _fetch(self, job_id: str):
         from rq.exceptions import NoSuchJobError

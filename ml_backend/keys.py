@@ -69,3 +69,8 @@ def training_active(project_key: str) -> str:
 def training_status(project_key: str) -> str:
     """A project's training record (JSON): state, stage, progress, last version, last error."""
     return f"{KEY_PREFIX}train:status:{project_key}"
+
+
+# Counters of finished jobs, one field "<kind>:<outcome>" each (`jobs.run_job` adds, `/metrics` reads):
+# in Redis every web process and rq worker on any host counts into the same numbers.
+JOB_OUTCOMES = f"{KEY_PREFIX}jobs:outcomes"

@@ -58,6 +58,10 @@ class KV(ABC):
     @abstractmethod
     def hgetall(self, key: str) -> dict[str, str]: ...
 
+    @abstractmethod
+    def hincr(self, key: str, field: str, amount: int = 1) -> int:
+        """Add `amount` to a hash field atomically (a counter every process shares); the new value."""
+
 
 class MemoryKV(KV):
     """One process's store; expired keys vanish on access."""
@@ -159,6 +163,14 @@ class MemoryKV(KV):
             value = self._live(key)
             return dict(value) if isinstance(value, dict) else {}
 
+    def hincr(self, key, field, amount=1):
+        with self._lock:
+            current = self._live(key)
+            values = dict(current) if isinstance(current, dict) else {}
+            values[field] = str(int(values.get(field, 0)) + amount)
+            self._data[key] = values
+            return int(values[field])
+
 
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -234,6 +246,9 @@ class RedisKV(KV):
 
     def hgetall(self, key):
         return dict(self.client.hgetall(key))
+
+    def hincr(self, key, field, amount=1):
+        return int(self.client.hincrby(key, field, amount))
 
 
 def kv_from_settings(settings) -> KV:

@@ -18,6 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ml_backend import keys, project_settings, telemetry
 from ml_backend.config import Settings
 from ml_backend.inference import Inference, TaskScorer
 from ml_backend.model_store import (
@@ -93,16 +94,22 @@ class LLMBackend:
         if instruction is not None and not isinstance(instruction, str):
             log.warning("event=extra_params_ignored project=%s reason=instruction_not_a_string", project_key)
             instruction = None
+        overrides = self._project_settings(project_key, extra_params)
         snapshot = self.store.load(project_key)
         changed = snapshot.label_config != label_config or (
             instruction is not None and snapshot.instruction != instruction
         )
+        changed |= overrides is not None and snapshot.project_settings != overrides
         changed |= remember_setup_credentials(snapshot, hostname, access_token)  # on the snapshot: just "changed?"
 
         def remember(state: ProjectState) -> None:
             state.label_config = label_config
             if instruction is not None:
                 state.instruction = instruction.strip() or None
+            if overrides is not None and state.project_settings != overrides:
+                log.info("event=project_settings project=%s %s", project_key,
+                         " ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "none=defaults")
+                state.project_settings = overrides
             remember_setup_credentials(state, hostname, access_token)
 
         version = self.publisher.apply(
@@ -111,6 +118,17 @@ class LLMBackend:
         )
         log.info("event=setup project=%s model_version=%s targets=%d", project_key, version, len(spec.targets))
         return version
+
+    @staticmethod
+    def _project_settings(project_key: str, extra_params: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The per-project settings the connection asks for (None: extra params absent or not a
+        JSON object, the stored ones stay); keys ignored are logged with the reason."""
+        if not isinstance(extra_params, dict):
+            return None
+        overrides, problems = project_settings.parse(extra_params)
+        for problem in problems:
+            log.warning("event=extra_params_ignored project=%s %s", project_key, problem)
+        return overrides
 
     def predict(
         self,
@@ -136,12 +154,14 @@ class LLMBackend:
             cold_start_due = self.settings.preannotate_auto and profile.cold_start_due
             budget_s = 0.0 if cold_start_due else self.settings.predict_time_budget_s
             predictions, counts = self._predict_within_budget(score, tasks, project_key, profile.version, budget_s)
+        seconds = time.perf_counter() - started
+        telemetry.record_predict(seconds, counts)
         log.info(
             "event=predict project=%s tasks=%d model_version=%s ms=%d %s",
             project_key,
             len(tasks),
             profile.version,
-            (time.perf_counter() - started) * 1000,
+            seconds * 1000,
             " ".join(f"{k}={v}" for k, v in counts.items()),
         )
         return predictions, profile.version
@@ -192,7 +212,36 @@ class LLMBackend:
 
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
         """Called for every webhook (Label Studio gives it 1 s): dispatch by action, never block."""
+        telemetry.record_webhook(event)
         return self.webhooks.handle(event, data)
+
+    def telemetry_snapshot(self) -> telemetry.Snapshot:
+        """Where the shared work stands, for `/metrics`: read from the stores every process shares
+        (Redis, the model store), so any web process answers for all workers and hosts."""
+        retraining = self.retraining
+        runner = retraining.runner if retraining is not None else None
+        preannotation = tuple(
+            telemetry.Progress(r.project_id, r.state, r.phase or "-", r.done, r.total)
+            for r in (self.bulk.progress.all() if self.bulk is not None else ())
+        )
+        training, versions = [], {}
+        for project_key in self.store.project_keys():
+            state = self.store.load(project_key)
+            if state.label_config:
+                try:
+                    versions[project_key] = self.profiles.of_state(state).version
+                except Exception as exc:  # noqa: BLE001 - one broken project must not hide the others' metrics
+                    log.warning("event=metrics_version_unknown project=%s error=%s", project_key, str(exc)[:200])
+            record = retraining.status_store.get(project_key) if retraining is not None else {}
+            if record.get("state"):
+                training.append(telemetry.Progress(project_key, str(record["state"]), str(record.get("stage") or "-"),
+                                                   int(record.get("done") or 0), int(record.get("total") or 0)))
+        return telemetry.Snapshot(
+            queue_depth=runner.queue_depth() if runner is not None else None,
+            runner=runner.kind if runner is not None else "-",
+            job_outcomes=telemetry.job_outcomes_from(retraining.kv.hgetall(keys.JOB_OUTCOMES)) if retraining else {},
+            preannotation=preannotation, training=tuple(training), model_versions=versions,
+        )
 
     def versions(self, project: Any = None) -> list[str]:
         project_key = self.project_key(project)

@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -54,6 +54,8 @@ class ProjectState:
     label_studio_url: str | None = None  # /setup's hostname, when LABEL_STUDIO_URL is not set
     label_studio_token: str | None = None  # /setup's access_token, when LABEL_STUDIO_API_KEY is not set
     slm_version: str | None = None  # the trained small model serving this project (training loop)
+    # per-project settings from the connection's extra params (`project_settings`), e.g. {"training_auto": False}
+    project_settings: dict[str, Any] = field(default_factory=dict)
     revision: int = 0  # bumped by every write: tells two copies of the state apart
 
     @classmethod
@@ -91,6 +93,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "label_studio_url": (str, type(None)),
     "label_studio_token": (str, type(None)),
     "slm_version": (str, type(None)),
+    "project_settings": (dict,),
     "revision": (int,),
 }
 
@@ -274,6 +277,17 @@ class ModelStore:
 
     def exists(self, project_key: str) -> bool:
         return self._path(self.resolve(project_key)).is_file()
+
+    def project_keys(self) -> list[str]:
+        """Every project instance with a stored state ("3.1795612540"; "3" for state under a bare id)."""
+        found = []
+        for folder in sorted(self.root.glob("project_*")):
+            project_id = folder.name.removeprefix("project_")
+            if (folder / "state.json").is_file():
+                found.append(project_id)
+            found.extend(f"{project_id}.{child.name}" for child in sorted(folder.iterdir())
+                         if child.name.isdigit() and (child / "state.json").is_file())
+        return found
 
     @contextlib.contextmanager
     def _locked(self, project_key: str) -> Iterator[None]:

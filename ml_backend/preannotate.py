@@ -37,6 +37,7 @@ from ml_backend.model_store import ModelStore, ProjectState, newest_instance
 from ml_backend.prediction_cache import PredictionCache
 from ml_backend.profile import Profiles, ProjectProfile
 from ml_backend.progress import DONE, FAILED, QUEUED, REJECTED, RUNNING, ProgressStore
+from ml_backend.project_settings import effective
 from ml_backend.round_one import RoundOne
 from ml_backend.versioning import is_stand_in_version, provisional_version
 
@@ -261,6 +262,7 @@ class PreannotationRun:
         state = self.context.store.load(self.project_id)
         if not state.label_config:
             raise ValueError(f"project {self.project_id} has no labeling config yet (connect it so /setup runs)")
+        self.settings = effective(self.context.settings, state.project_settings)  # e.g. preannotate_labeled
         self.profile = self.context.profiles.of_state(state)
         self.client = self.context.label_studio(state)
         return list(self.client.tasks(self.task_ids, page_size=self.settings.preannotate_page_size))

@@ -33,6 +33,7 @@ from ml_backend.human_labels import is_automatic
 from ml_backend.jobs import Enqueued, JobRunner
 from ml_backend.kv import KV
 from ml_backend.model_store import ModelStore
+from ml_backend.project_settings import effective
 from ml_backend.slm_model import ModelFormatError, list_versions, serving_manifest, version_summary
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,11 @@ class Retraining:
             return {"status": "ignored", "reason": "an automatic (auto-accepted) annotation"}
         self.kv.sadd(keys.training_events(project_key), [f"{action}:{i}" for i in annotation_ids(action, data)])
         pending = len(self.kv.smembers(keys.training_events(project_key)))
-        needed = self.settings.train_min_new_annotations
+        settings = effective(self.settings, self.store.load(project_key).project_settings)
+        needed = settings.train_min_new_annotations
         drift = self._annotation_drift(project_key, data.get("project"))
-        if not self.settings.training_auto:
-            return {"status": "recorded", "pending": pending, "reason": "TRAINING_AUTO is off: press Start Training"}
+        if not settings.training_auto:
+            return {"status": "recorded", "pending": pending, "reason": "training_auto is off: press Start Training"}
         if pending < needed and drift < needed:
             log.info("event=training_waiting project=%s pending=%d needed=%d", project_key, pending, needed)
             return {"status": "waiting", "pending": pending, "needed": needed}

@@ -1,7 +1,8 @@
 """Fakes for unit tests: an in-memory Label Studio project with the interface of
 `ml_backend.ls_client.ProjectClient`, and a keyword-driven frozen encoder.
 
-Unit tests inject it through `build_services(client_factory=...)`, so the pre-annotation job's rules
+`RecordingRunner` keeps the real coalescing rules of the job runner and records jobs instead of
+running them. Unit tests inject the fake Label Studio through `build_services(client_factory=...)`, so the pre-annotation job's rules
 (dedupe, stand-ins, first page, resume) run in milliseconds; the real client is exercised
 against a real Label Studio in tests/integration/.
 """
@@ -16,6 +17,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from ml_backend.jobs import JobRunner
 from ml_backend.ls_client import PREDICTION_EXTRAS as DROPPED_ON_IMPORT  # Label Studio 1.23.2 ignores them in a bulk import
 from ml_backend.ls_client import TaskRecord
 
@@ -167,3 +169,22 @@ class KeywordEncoder:
             for word in words:
                 out[row, 2 + int(hashlib.md5(word.encode()).hexdigest(), 16) % 16] += 0.2
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+class RecordingRunner(JobRunner):
+    """The real coalescing rules of `JobRunner`; jobs are recorded, never run."""
+
+    kind = "recording"
+
+    def __init__(self, settings, kv):
+        super().__init__(settings, kv)
+        self.submitted: list[tuple[str, tuple]] = []
+
+    def _submit(self, job_id, func_path, args, coalesce_key):
+        self.submitted.append((func_path, args))
+
+    def _is_pending(self, job_id):
+        return True
+
+    def job_status(self, job_id):
+        return {"id": job_id, "status": "queued"}

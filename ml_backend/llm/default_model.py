@@ -73,3 +73,21 @@ def ensure_default_model(cache_dir: Path) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+def main() -> int:
+    """`python -m ml_backend.llm.default_model`: assemble the GGUF into $CACHE_DIR once and print its
+    path (the compose file's `model-server` serves this file with `python -m llama_cpp.server`)."""
+    import sys
+
+    cache_dir = Path(os.environ.get("CACHE_DIR") or Path.home() / ".cache" / "ls-llm-backend")
+    try:
+        print(ensure_default_model(cache_dir))
+    except DefaultModelMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT
+from scripts import stack
 
-LS_TOKEN = "0123456789abcdef0123456789abcdef01234567"
-LS_USER = "admin@example.com"
-LS_PASSWORD = "admin12345"
+LS_TOKEN = stack.DEFAULT_LS_TOKEN
+LS_USER = stack.DEFAULT_LS_USER
+LS_PASSWORD = stack.DEFAULT_LS_PASSWORD
 
 
 def require(condition: bool, reason: str) -> None:
@@ -102,27 +102,16 @@ def label_studio(tmp_path_factory):
     if external:
         yield external
         return
-    binary = REPO_ROOT / ".venv-ls" / "bin" / "label-studio"
-    require(binary.exists(), f"{binary} missing: run `make label-studio` (make test does)")
+    binary = stack.label_studio_binary()
+    require(binary.exists(), f"{binary} missing: run `make label-studio` (make test does), or set LS_VENV")
     port = free_port()
     data_dir = tmp_path_factory.mktemp("ls-data")
-    env = {
-        **os.environ,
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-        "LABEL_STUDIO_USERNAME": LS_USER,
-        "LABEL_STUDIO_PASSWORD": LS_PASSWORD,
-        "LABEL_STUDIO_USER_TOKEN": LS_TOKEN,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        # Label Studio's SSRF guard rejects backends and webhooks on loopback without this.
-        "USE_DEFAULT_BANNED_SUBNETS": "false",
-        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
-    }
-    env.pop("VIRTUAL_ENV", None)
-    env.pop("HOST", None)  # Label Studio reads HOST as its public URL
+    # What `scripts/stack` runs: SQLite in data_dir, a fixed legacy token, the SSRF guard lifted.
+    env = stack.label_studio_env(os.environ, data_dir, token=LS_TOKEN, user=LS_USER, password=LS_PASSWORD)
     log_path = data_dir / "label-studio.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [str(binary), "start", "--no-browser", "--port", str(port), "--host", "127.0.0.1"],
+            stack.label_studio_argv(binary, port),
             cwd=data_dir,
             env=env,
             stdout=log_file,
@@ -163,7 +152,7 @@ def redis_url(tmp_path_factory):
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stack.redis_argv(binary, port, workdir),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         start_new_session=True,

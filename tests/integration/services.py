@@ -1,4 +1,5 @@
-"""Start our backend (gunicorn) and rq workers as real processes with a given environment."""
+"""Start our backend (gunicorn) and rq workers as real processes with a given environment
+(the command lines of `scripts/stack`, from `scripts/stack.py`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Iterator
 
 import requests
 
+from scripts import stack
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import free_port, stop, wait_until
 
@@ -23,7 +25,7 @@ def backend_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
     full_env = {**os.environ, **env, "PORT": str(port), "HOST": "127.0.0.1"}
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "--config", "ml_backend/gunicorn_conf.py", "ml_backend.wsgi:app"],
+            stack.backend_argv(sys.executable),
             cwd=REPO_ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
@@ -44,7 +46,7 @@ def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """`python -m ml_backend.cli worker`: an rq SimpleWorker in its own process group."""
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "ml_backend.cli", "worker"],
+            stack.worker_argv(sys.executable),
             cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

@@ -15,10 +15,12 @@ GUNICORN_VARIABLES = ("HOST", "PORT", "WORKERS", "THREADS", "WORKER_TIMEOUT", "L
 
 
 @pytest.fixture
-def clean_env(monkeypatch):
-    """No gunicorn variable from the machine running the tests."""
+def clean_env(monkeypatch, tmp_path):
+    """No gunicorn variable from the machine running the tests. gunicorn_conf exports
+    PROMETHEUS_MULTIPROC_DIR: set here, so monkeypatch puts the test process's value back."""
     for name in GUNICORN_VARIABLES + ("INSTRUCTION", "INSTRUCTION_FILE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prometheus"))
     return monkeypatch
 
 

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 from ml_backend.app import create_app, services_of
-from ml_backend.jobs import JobRunner
 from ml_backend.kv import MemoryKV
 from ml_backend.model_store import ModelStore
 from ml_backend.retraining import TRAIN_JOB, Retraining
 from ml_backend.slm_model import list_versions, load_served, versions_dir
 from ml_backend.wiring import build_services
 from tests.conftest import LABELING_CONFIGS
-from tests.fakes import FakeLabelStudio, KeywordEncoder
+from tests.fakes import FakeLabelStudio, KeywordEncoder, RecordingRunner
 from training.annotations import combine_annotations
 
 SENTIMENT_EN = (LABELING_CONFIGS / "sentiment_en.xml").read_text()
@@ -58,25 +57,6 @@ def test_annotations_of_another_target_or_an_unknown_label_do_not_count():
 
 
 # --- events → jobs ------------------------------------------------------------------------------
-class RecordingRunner(JobRunner):
-    """The real coalescing rules of `JobRunner`; jobs are recorded, never run."""
-
-    kind = "recording"
-
-    def __init__(self, settings, kv):
-        super().__init__(settings, kv)
-        self.submitted: list[tuple[str, tuple]] = []
-
-    def _submit(self, job_id, func_path, args, coalesce_key):
-        self.submitted.append((func_path, args))
-
-    def _is_pending(self, job_id):
-        return True
-
-    def job_status(self, job_id):
-        return {"id": job_id, "status": "queued"}
-
-
 @pytest.fixture
 def retraining(settings):
     settings = settings.model_copy(update={"train_min_new_annotations": 3})
