@@ -3,7 +3,8 @@ Label Studio connection's *Any extra params* (`{"train_min_new_annotations": 5}`
 
 Why an allow-list: several teams share one backend, and what differs between their projects is
 *when* work starts and *what* it touches (train after 5 annotations here, only on Start Training
-there; pre-annotate labeled tasks too in a review project; keep Label Studio's own task order).
+there; pre-annotate labeled tasks too in a review project; keep Label Studio's own task order; auto-accept
+above a threshold in one project only).
 Those settings are read where a project's state is at hand. Settings of the process (threads,
 timeouts, Redis, the model) stay global: one model serves every project. The instruction is the
 other per-project parameter; it is part of the model version (`profile`), not a setting.
@@ -38,12 +39,34 @@ def _positive_int(value: Any) -> int:
     raise ValueError("must be a whole number of at least 1")
 
 
+def _probability(value: Any) -> float | None:
+    """A probability in (0, 1]; "" or null turns the project's auto-accept off again."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number between 0 and 1") from None
+    if isinstance(value, bool) or not 0.0 < number <= 1.0:
+        raise ValueError("must be a number between 0 and 1")
+    return number
+
+
+def _target_accuracy(value: Any) -> float | None:
+    number = _probability(value)
+    if number is not None and not 0.5 < number < 1.0:
+        raise ValueError("must be an accuracy between 0.5 and 1 (e.g. 0.98)")
+    return number
+
+
 # name → parser (raises ValueError with the rule); the names are Settings fields (README table).
 ALLOWED: dict[str, Callable[[Any], Any]] = {
     "training_auto": _boolean,
     "train_min_new_annotations": _positive_int,
     "preannotate_labeled": _boolean,
     "queue_ordering": _boolean,
+    "auto_accept_threshold": _probability,
+    "auto_accept_target_accuracy": _target_accuracy,
 }
 assert set(ALLOWED) <= set(Settings.model_fields), "every per-project setting is a Settings field"
 

@@ -42,6 +42,16 @@ def test_a_count_must_be_a_positive_whole_number(value):
     assert project_settings.parse({"train_min_new_annotations": value})[0] == {}
 
 
+def test_auto_accept_can_be_set_per_project_from_the_ui_strings():
+    overrides, problems = project_settings.parse({"auto_accept_threshold": "0.97", "auto_accept_target_accuracy": ""})
+    assert overrides == {"auto_accept_threshold": 0.97, "auto_accept_target_accuracy": None} and problems == []
+    for bad in ("1.5", "0", True, "high"):
+        assert project_settings.parse({"auto_accept_threshold": bad})[0] == {}
+    assert project_settings.parse({"auto_accept_target_accuracy": "0.4"})[0] == {}
+    settings = project_settings.effective(Settings(), {"auto_accept_threshold": 0.9})
+    assert settings.auto_accept_threshold == 0.9 and Settings().auto_accept_threshold is None
+
+
 def test_effective_applies_only_valid_stored_values():
     settings = Settings(train_min_new_annotations=10)
     assert project_settings.effective(settings, {}) is settings
