@@ -8,7 +8,7 @@ LS_VENV := .venv-ls
 PORT ?= 9090
 LABEL_STUDIO_VERSION := 1.23.2
 
-.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders system-deps stack-start stack-stop stack-status clean
+.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders system-deps stack-start stack-stop stack-status demo demo-stop clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,14 @@ stack-stop:
 
 stack-status:
 	scripts/stack status
+
+# A newcomer's first command: Label Studio + the backend (embedded defaults, no Redis) and two
+# pre-annotated demo projects (scripts/demo.py); re-running reuses what exists.
+demo: install label-studio encoders
+	$(VENV)/bin/python scripts/demo.py start
+
+demo-stop:
+	$(VENV)/bin/python scripts/demo.py stop
 
 run: install encoders
 	PORT=$(PORT) $(VENV)/bin/gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app

@@ -6,7 +6,8 @@
 
 Everything lives in one folder (`STACK_DIR`, default `.stack/`): `<name>.pid`, `logs/<name>.log`,
 Label Studio's data (`ls-data/`), Redis's working dir and the model store (`model_store/`, unless
-`MODEL_DIR` is set). The backend and the workers get `REDIS_URL`, `LABEL_STUDIO_URL` and
+`MODEL_DIR` is set). `STACK_REDIS=false` leaves Redis and the workers out (the backend's embedded
+in-process job runner, what `make demo` uses). The backend and the workers get `REDIS_URL`, `LABEL_STUDIO_URL` and
 `LABEL_STUDIO_API_KEY` pointing at this stack; every other backend setting comes from your
 environment (README, "Settings"). Label Studio runs with `USE_DEFAULT_BANNED_SUBNETS=false`:
 without it, it refuses a backend on loopback and silently drops its webhooks.
@@ -102,6 +103,7 @@ class StackConfig:
     python: str
     ls_token: str
     queue: str
+    redis: bool = True  # STACK_REDIS=false: no Redis, no workers, the backend's in-process job runner
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -128,6 +130,7 @@ class StackConfig:
             python=env.get("STACK_PYTHON") or sys.executable,
             ls_token=env.get("LABEL_STUDIO_API_KEY") or DEFAULT_LS_TOKEN,
             queue=env.get("RQ_QUEUE") or DEFAULT_RQ_QUEUE,
+            redis=(env.get("STACK_REDIS") or "true").strip().lower() not in ("false", "0", "no"),
             env=env,
         )
 
@@ -149,7 +152,7 @@ class StackConfig:
 
     def backend_env(self) -> dict[str, str]:
         """The backend's and every worker's environment: the caller's, wired to this stack."""
-        return {
+        wired = {
             **self.env,
             "REDIS_URL": self.redis_url,
             "LABEL_STUDIO_URL": self.ls_url,
@@ -159,6 +162,9 @@ class StackConfig:
             "HOST": self.bind,
             "PORT": str(self.backend_port),
         }
+        if not self.redis:  # the embedded defaults: jobs run in the backend's own process
+            del wired["REDIS_URL"]
+        return wired
 
 
 @dataclass
@@ -232,13 +238,15 @@ def services(config: StackConfig) -> list[Service]:
     stack = [
         Service("redis", redis_argv(redis_binary, config.redis_port, config.root / "redis", persist=True),
                 dict(config.env), config.root / "redis", "redis-server", _redis_health(config.redis_url), 30),
+    ] if config.redis else []
+    stack += [
         Service("label-studio", label_studio_argv(label_studio_binary(config.env), config.ls_port, config.bind),
                 label_studio_env(config.env, config.root / "ls-data", token=config.ls_token), config.root / "ls-data",
                 "label-studio", _http_health(f"{config.ls_url}/health"), 400),
         Service("backend", backend_argv(config.python), backend_env, REPO_ROOT, "gunicorn",
                 _http_health(f"{config.backend_url}/health", lambda body: body.get("status") == "UP"), 300),
     ]
-    for number in range(1, config.workers + 1):
+    for number in range(1, (config.workers if config.redis else 0) + 1):
         stack.append(Service(f"worker-{number}", worker_argv(config.python), backend_env, REPO_ROOT, "ml_backend.cli",
                              _worker_health(config.redis_url, config.queue), 120))
     return stack
@@ -283,7 +291,7 @@ def _log_tail(config: StackConfig, name: str, lines: int = 15) -> str:
 
 
 def _preflight(config: StackConfig) -> None:
-    if shutil.which("redis-server") is None:
+    if config.redis and shutil.which("redis-server") is None:
         raise SystemExit("error: redis-server not found: run `bash scripts/install.sh redis` (as root; Debian package)")
     binary = label_studio_binary(config.env)
     if not binary.exists():
@@ -297,7 +305,7 @@ def start(config: StackConfig) -> int:
     for service in stack:
         service.cwd.mkdir(parents=True, exist_ok=True)
     # Redis before the rest: a worker that cannot reach it exits at once.
-    first, rest = stack[:1], stack[1:]
+    first, rest = (stack[:1], stack[1:]) if config.redis else ([], stack)
     launched: dict[str, subprocess.Popen] = {}
     for group in (first, rest):
         for service in group:
@@ -316,8 +324,8 @@ def start(config: StackConfig) -> int:
         if not _wait_healthy(config, group, launched):
             return 1
     print(
-        f"event=stack_ready label_studio={config.ls_url} backend={config.backend_url} redis={config.redis_url} "
-        f"workers={config.workers} login={DEFAULT_LS_USER}/{DEFAULT_LS_PASSWORD} dir={config.root}"
+        f"event=stack_ready label_studio={config.ls_url} backend={config.backend_url} "
+        f"redis={config.redis_url if config.redis else 'none'} workers={config.workers if config.redis else 0} login={DEFAULT_LS_USER}/{DEFAULT_LS_PASSWORD} dir={config.root}"
     )
     print(f"Connect the model in Label Studio with the backend URL {config.backend_url} (Settings -> Model).")
     return 0

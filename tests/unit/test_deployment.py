@@ -188,3 +188,13 @@ def test_stack_status_of_nothing_running(tmp_path, capsys):
     assert stack.status(config) == 1
     assert capsys.readouterr().out.count("not running") == 4
     assert stack.stop(config) == 0
+
+
+def test_the_stack_without_redis_runs_the_backend_on_its_embedded_job_runner(tmp_path):
+    with_redis = stack.StackConfig.from_env({"STACK_DIR": str(tmp_path), "STACK_WORKERS": "2"})
+    assert [s.name for s in stack.services(with_redis)] == ["redis", "label-studio", "backend", "worker-1", "worker-2"]
+    assert with_redis.backend_env()["REDIS_URL"] == with_redis.redis_url
+    embedded = stack.StackConfig.from_env({"STACK_DIR": str(tmp_path), "STACK_WORKERS": "2", "STACK_REDIS": "false",
+                                           "REDIS_URL": "redis://elsewhere:6379/0"})
+    assert [s.name for s in stack.services(embedded)] == ["label-studio", "backend"]
+    assert "REDIS_URL" not in embedded.backend_env()
