@@ -133,8 +133,11 @@ class OpenAICompatibleProvider(LLMProvider):
             body["logprobs"] = logprobs
         if stop:
             body["stop"] = list(stop)[:4]  # the OpenAI API takes at most 4
-        if getattr(self, "server_mode", None) is not None and self.server_mode.tokenizer == "tokenize":
+        flavour = self.server_mode.tokenizer if getattr(self, "server_mode", None) is not None else None
+        if flavour == "tokenize":
             body["cache_prompt"] = True  # llama.cpp server: reuse the prompt's KV cache (others ignore it)
+        if flavour == "extras":
+            body["repeat_penalty"] = 1.0  # llama-cpp-python's default 1.1 bends greedy generation (NER proposals)
         answer = self.client.post_json("/v1/completions", body)
         choices = answer.get("choices") or []
         if not choices:
