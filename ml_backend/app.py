@@ -14,6 +14,7 @@ from ml_backend.api import bp
 from ml_backend.config import Settings
 from ml_backend.errors import BackendError, Unauthorized
 from ml_backend.llm.base import LLMRuntime
+from ml_backend.llm.provider import LLMProvider
 from ml_backend.wiring import ClientFactory, Services, build_services
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def configure_logging(level: str) -> None:
 def create_app(
     settings: Settings | None = None,
     *,
-    runtime_loader: Callable[[], LLMRuntime] | None = None,
+    runtime_loader: Callable[[], LLMProvider | LLMRuntime] | None = None,
     services: Services | None = None,
     client_factory: ClientFactory | None = None,
 ) -> Flask:

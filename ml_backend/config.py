@@ -57,6 +57,39 @@ class Settings(BaseSettings):
     llm_threads: int = Field(2, ge=1, description="CPU threads for llama.cpp.")
     llm_n_ctx: int = Field(2048, ge=256, description="Context window in tokens (prefix + task + label).")
     llm_batch_size: int = Field(8, ge=1, description="Tasks per runtime call; other requests can take the model between calls.")
+    # --- LLM served by an OpenAI-compatible server (instead of in-process) -------------
+    llm_base_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible server (vLLM, llama.cpp server, llama-cpp-python), "
+        "e.g. http://gpu-box:8000; set: label scores come from its logprobs, no model loads in-process. "
+        "LLM_MODEL then names the served model ('default': the server's only one).",
+    )
+    llm_api_key: str | None = Field(None, description="Bearer token for LLM_BASE_URL (vLLM --api-key).")
+    llm_chat_template: Path | None = Field(
+        None,
+        description="With LLM_BASE_URL: a .gguf, Hugging Face model directory or Jinja file holding the served "
+        "model's chat template (default: LLM_MODEL's, when that is 'default' or a local path).",
+    )
+    llm_logprobs_mode: Literal["auto", "echo", "first_token"] = Field(
+        "auto",
+        description="With LLM_BASE_URL: echo = full-sequence label scores from prompt logprobs, first_token = "
+        "the first answer token's top_logprobs; auto probes the server at start-up (README).",
+    )
+    llm_top_logprobs: int = Field(20, ge=1, le=100, description="first_token mode: top_logprobs per request.")
+    llm_max_concurrency: int = Field(
+        4, ge=1, le=256, description="With LLM_BASE_URL: most requests this process has in flight at once."
+    )
+    llm_timeout_s: float = Field(60.0, gt=0, description="With LLM_BASE_URL: timeout of every request (seconds).")
+    llm_retries: int = Field(2, ge=0, le=10, description="Retries of a request on 429, 5xx, timeouts, connection errors.")
+    llm_retry_backoff_s: float = Field(
+        0.5, ge=0, description="Wait before the first retry (seconds); each next wait doubles."
+    )
+    llm_breaker_failures: int = Field(
+        5, ge=1, description="Consecutive failed requests (retries spent) after which calls fail fast."
+    )
+    llm_breaker_cooldown_s: float = Field(
+        30.0, ge=0, description="How long calls fail fast once the breaker opened (seconds); then one trial call."
+    )
     max_text_tokens: int = Field(
         256, ge=8, description="Task text is truncated to this many tokens (a warning is logged)."
     )

@@ -56,3 +56,19 @@ class NotFound(BackendError):
 
 class Unauthorized(BackendError):
     status_code = 401
+
+
+class ModelServerUnavailable(BackendError):
+    """The model server (LLM_BASE_URL) could not answer: down, too slow, overloaded, or the
+    circuit breaker is open after repeated failures. Not our bug and not the user's input, so
+    503; per task, /predict answers such tasks with an empty placeholder and the background job
+    retries them later."""
+
+    status_code = 503
+
+
+class ModelServerUnsupported(BackendError):
+    """The model server answers but cannot give what label scoring needs (log-probabilities):
+    scores would be constant, so the backend refuses at /setup instead (Label Studio shows it)."""
+
+    status_code = 422

@@ -89,6 +89,7 @@ class LLMBackend:
         from ml_backend.ls_client import remember_setup_credentials
 
         project_key = self.project_key(project, default=DEFAULT_PROJECT)
+        self.inference.check_model()  # a model server without logprobs: the error Label Studio shows
         spec = self.publisher.accept_config(project_key, label_config)
         instruction = (extra_params or {}).get("instruction") if isinstance(extra_params, dict) else None
         if instruction is not None and not isinstance(instruction, str):
@@ -142,7 +143,7 @@ class LLMBackend:
         project_key = self.project_key(project) or self.project_key(_project_of_tasks(tasks), default=DEFAULT_PROJECT)
         profile = self.profiles.resolve(project_key, label_config)
         started = time.perf_counter()
-        score = self.inference.task_scorer(profile)
+        score = self.inference.task_scorer(profile, keep_failed=True)
         if self.bulk is None or not is_label_studio_project(project_key):
             predictions = score(tasks)
             counts = {"scored": len(tasks)}
@@ -203,11 +204,17 @@ class LLMBackend:
         deferred = [index for index in todo if ids[index] is not None]
         for index in deferred:
             results[index] = {"result": [], "score": 0.0, "model_version": pending_version(version)}
+        # Tasks the model server failed on got the same placeholder (Inference.task_scorer): the job retries them.
+        failed = [i for i, r in enumerate(results) if i not in set(deferred) and ids[i] is not None
+                  and r is not None and r["model_version"] == pending_version(version)]
         answered = [ids[i] for i, r in enumerate(results) if ids[i] is not None and r["model_version"] == version]
         self.bulk.mark_answered(project_key, version, answered)
         if deferred:
             self.bulk.trigger(project_key, [ids[i] for i in deferred], reason="predict_overflow")
-        counts = {"cached": len(cached), "scored": len(tasks) - len(cached) - len(deferred), "deferred": len(deferred)}
+        if failed:
+            self.bulk.trigger(project_key, [ids[i] for i in failed], reason="model_server_failed")
+        counts = {"cached": len(cached), "scored": len(tasks) - len(cached) - len(deferred) - len(failed),
+                  "deferred": len(deferred), "failed": len(failed)}
         return [r for r in results if r is not None], counts
 
     def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
-from ml_backend.config import DEFAULT_MODEL, Settings
+from ml_backend.config import Settings
 from ml_backend.label_config import LabelSpec
 from ml_backend.predictor import SCORING_REVISION, PredictionOptions
 
@@ -28,11 +27,9 @@ PROVISIONAL_SUFFIX = "-provisional"  # the first page's zero-shot predictions be
 
 def model_name(settings: Settings) -> str:
     """Readable model id, known without loading the model (needed by the fast /setup)."""
-    if settings.llm_model == DEFAULT_MODEL:
-        from ml_backend.llm.default_model import DEFAULT_MODEL_NAME
+    from ml_backend.llm import model_name as configured_model_name
 
-        return DEFAULT_MODEL_NAME
-    return Path(settings.llm_gguf_file or settings.llm_model).stem
+    return configured_model_name(settings)
 
 
 def llm_version(version: str) -> str:

@@ -32,6 +32,7 @@ from ml_backend.jobs import JobContext, make_runner
 from ml_backend.jobs import run_job as run_job_with_context
 from ml_backend.kv import kv_from_settings
 from ml_backend.llm.base import LLMRuntime
+from ml_backend.llm.provider import LLMProvider
 from ml_backend.ls_client import ProjectClient
 from ml_backend.model import LLMBackend
 from ml_backend.model_store import ModelStore, ProjectState
@@ -79,7 +80,7 @@ class Services(JobContext):
 def build_services(
     settings: Settings,
     *,
-    runtime_loader: Callable[[], LLMRuntime] | None = None,
+    runtime_loader: Callable[[], LLMProvider | LLMRuntime] | None = None,
     client_factory: ClientFactory | None = None,
     encoder_loader: EncoderLoader | None = None,
     preannotation: bool = True,
@@ -87,19 +88,22 @@ def build_services(
     """Build the process's services. Nothing heavy happens: the model loads on first use.
 
     `preannotation=False` leaves out background pre-annotation (no job is ever triggered,
-    /predict scores every task itself): scripts and tests that drive one step by hand."""
+    /predict scores every task itself): scripts and tests that drive one step by hand.
+    The model (`llm.load_model`): the in-process runtime, or with LLM_BASE_URL a model server's provider."""
+    remote = runtime_loader is None and bool(settings.llm_base_url)
     if runtime_loader is None:
-        from ml_backend.llm import load_runtime
+        from ml_backend.llm import load_model
 
-        def runtime_loader() -> LLMRuntime:
-            return load_runtime(settings)
+        def runtime_loader() -> LLMProvider | LLMRuntime:
+            return load_model(settings)
 
     kv = kv_from_settings(settings)
     store = ModelStore(settings.model_dir)
     profiles = Profiles(settings, store)
     encoders = Encoders(settings, encoder_loader)
     inference = Inference(
-        runtime_loader, memo_rows=2 * settings.cold_start_tasks, refinement=Refinement(settings, kv, store, encoders)
+        runtime_loader, memo_rows=2 * settings.cold_start_tasks, refinement=Refinement(settings, kv, store, encoders),
+        remote=remote,
     )
     round_one = RoundOne(settings, store, profiles, inference)
     services = Services(
