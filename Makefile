@@ -8,7 +8,7 @@ LS_VENV := .venv-ls
 PORT ?= 9090
 LABEL_STUDIO_VERSION := 1.23.2
 
-.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders system-deps stack-start stack-stop stack-status demo demo-stop clean
+.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders system-deps stack-start stack-stop stack-status demo demo-stop screenshots e2e clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,16 @@ demo: install label-studio encoders
 
 demo-stop:
 	$(VENV)/bin/python scripts/demo.py stop
+
+# The README's pictures of the real Label Studio UI (Debian chromium + Playwright), against `make demo`.
+screenshots: install-dev
+	$(VENV)/bin/python scripts/screenshots.py
+
+# The whole loop end to end (also part of `make test`): real Label Studio sending its webhooks, Redis,
+# two rq workers (one SIGKILLed mid-training), training, the new version on every task, the queue,
+# two annotators, the report, auto-accept and its undo.
+e2e: install-dev label-studio encoders
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/python -m pytest tests/integration/test_training_live.py -ra
 
 run: install encoders
 	PORT=$(PORT) $(VENV)/bin/gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app

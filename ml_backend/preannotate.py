@@ -403,12 +403,15 @@ class PreannotationRun:
         if settings.auto_accept_threshold is None and settings.auto_accept_target_accuracy is None:
             return None
         profile = self._current_profile()
+        def score(batch: list[TaskRecord]) -> list[dict[str, Any]]:
+            with background_work():  # interactive /predict calls go first, as for the job's own scoring
+                return self.context.inference.score_tasks(profile, [task.as_task() for task in batch])
+
         try:
             summary = auto_accept_pass(
                 self.client, self.project_id, self.version,
                 single_choice_target(profile.spec.classification_targets),
-                settings.auto_accept_threshold, settings.auto_accept_target_accuracy,
-                lambda batch: self.context.inference.score_tasks(profile, [task.as_task() for task in batch]),
+                settings.auto_accept_threshold, settings.auto_accept_target_accuracy, score,
             )
         except Exception as exc:  # noqa: BLE001 - logged with its reason; predictions stay written
             log.error("event=auto_accept_failed project=%s model_version=%s error=%r", self.project_id,
