@@ -82,6 +82,10 @@ def ensure_project(client, demo: DemoProject, backend_url: str) -> int:
     return int(project.id)
 
 
+def task_counts(client, project_ids: list[int]) -> dict[int, int]:
+    return {pid: int(client.projects.get(id=pid).task_number or 0) for pid in project_ids}
+
+
 def _status(backend_url: str, project_id: int) -> dict:
     import requests
 
@@ -91,20 +95,22 @@ def _status(backend_url: str, project_id: int) -> dict:
         return {}
 
 
-def wait_for_predictions(backend_url: str, project_ids: list[int]) -> dict[int, dict]:
-    """A progress bar over every demo task until each project's job is done."""
+def wait_for_predictions(backend_url: str, tasks_per_project: dict[int, int]) -> dict[int, dict]:
+    """A progress bar over every demo task until each project's job is done (a project whose job
+    has not started yet counts 0; a finished one all its tasks)."""
     from tqdm import tqdm
 
     deadline = time.monotonic() + WAIT_S
-    with tqdm(total=0, unit="task", desc="pre-annotating", dynamic_ncols=True) as bar:
+    with tqdm(total=sum(tasks_per_project.values()), unit="task", desc="pre-annotating", dynamic_ncols=True) as bar:
         while True:
-            statuses = {pid: _status(backend_url, pid) for pid in project_ids}
-            bar.total = sum(int(s.get("total") or 0) for s in statuses.values()) or bar.total
-            bar.n = sum(int(s.get("done") or 0) for s in statuses.values())
+            statuses = {pid: _status(backend_url, pid) for pid in tasks_per_project}
+            finished = {pid: s.get("state") == "done" and not s.get("queued_job") and not s.get("running_job")
+                        for pid, s in statuses.items()}
+            bar.n = sum(count if finished[pid] else min(count, int(statuses[pid].get("done") or 0))
+                        for pid, count in tasks_per_project.items())
             bar.set_postfix_str(" ".join(f"#{pid}:{s.get('state', '?')}" for pid, s in statuses.items()))
             bar.refresh()
-            if all(s.get("state") == "done" and not s.get("queued_job") and not s.get("running_job")
-                   for s in statuses.values()):
+            if all(finished.values()):
                 return statuses
             if any(s.get("state") == "failed" for s in statuses.values()):
                 raise SystemExit(f"error: a pre-annotation job failed: {json.dumps(statuses)[:800]}; "
@@ -123,7 +129,7 @@ def start() -> int:
 
     client = LabelStudio(base_url=config.ls_url, api_key=config.ls_token, timeout=120)
     ids = [ensure_project(client, demo, config.backend_url) for demo in PROJECTS]
-    statuses = wait_for_predictions(config.backend_url, ids)
+    statuses = wait_for_predictions(config.backend_url, task_counts(client, ids))
     print("\nThe demo is ready.\n")
     print(f"  Label Studio   {config.ls_url}   login {stack.DEFAULT_LS_USER} / {stack.DEFAULT_LS_PASSWORD}")
     print(f"  Backend        {config.backend_url}   (GET /metrics, GET /report?project=ID)")

@@ -54,7 +54,7 @@ def capture(out: Path) -> int:
     client = LabelStudio(base_url=config.ls_url, api_key=config.ls_token, timeout=120)
     topics = next(p.id for p in client.projects.list() if p.title == demo.PROJECTS[0].title)
     ner = demo.ensure_project(client, NER_PROJECT, config.backend_url)
-    demo.wait_for_predictions(config.backend_url, [topics, ner])
+    demo.wait_for_predictions(config.backend_url, demo.task_counts(client, [topics, ner]))
     view = _review_view(client, topics)
     out.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
