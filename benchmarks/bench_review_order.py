@@ -15,6 +15,9 @@ start's prior-matched LLM distributions). Annotators review --batch tasks at a t
     (`training.job.fit_slm_and_blend` + `fit_queue_priority`: noisy-label SLM, blend, calibration,
     clusters, the P(correct) model) and the served scoring (`slm_model.blend_and_score`) re-predicts
     and re-scores every task; the next batch is the lowest P(correct) among the unreviewed;
+(c+) the same with one more training run before the first review (Start Training pressed on the
+    fresh project: the SLM learns from the LLM's labels alone, and the first batch already uses the
+    LLM×SLM disagreement; the service does not start that run by itself);
 (d) the bound: the LLM's wrong labels first.
 
 After each batch, dataset accuracy = reviewed tasks (gold) + unreviewed tasks (their current
@@ -43,7 +46,7 @@ from training.job import fit_queue_priority, fit_slm_and_blend  # noqa: E402
 
 TARGETS = (0.95, 0.98)
 PLOT_PATH = REPO_ROOT / "docs" / "review_order.png"
-STRATEGIES = ("(a) random", "(b) LLM confidence", "(c) ours", "(d) bound")
+STRATEGIES = ("(a) random", "(b) LLM confidence", "(c) ours", "(c+) ours, trained at 0", "(d) bound")
 
 
 class CachedVectorsOnly:
@@ -71,29 +74,41 @@ def static_curve(order: np.ndarray, predicted: np.ndarray, gold: np.ndarray, bat
     return curve
 
 
+def served_version(X: np.ndarray, llm: np.ndarray, human: np.ndarray, labels: list[str],
+                   encoder_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """One training run and the served scoring of every task: (predicted label, score = P(correct))."""
+    slm, blend, _ = fit_slm_and_blend(X, llm, human, labels, encoder_id=encoder_id)
+    queue = fit_queue_priority(X, llm, slm.oof_probabilities_, human, blend)
+    state = blend.state()
+    served = blend_and_score(llm, slm.predict_proba(X), state["weights"], state["calibration"],
+                             priority=queue.model, clusters=nearest_centroid(X, queue.centroids))
+    return served.predicted, served.score
+
+
 def ours_curve(X: np.ndarray, llm: np.ndarray, gold: np.ndarray, labels: list[str], batch: int,
-               encoder_id: str, until: float) -> tuple[list[float], list[float]]:
-    """The queue with the training job after every batch; stops once `until` is reached (or all reviewed)."""
+               encoder_id: str, until: float, *, train_first: bool = False) -> tuple[list[float], list[float]]:
+    """The queue with the training job after every batch; stops once `until` is reached (or all
+    reviewed). `train_first`: one run before any review too (Start Training pressed on a fresh
+    project: the SLM learns from the LLM's labels alone, so the first batch already uses disagreement)."""
     n = len(gold)
     reviewed = np.zeros(n, dtype=bool)
     human = np.full(n, -1)
     predicted, score = llm.argmax(axis=1), llm.max(axis=1)  # before any training: the LLM's calibrated score
-    curve, step_seconds = [dataset_accuracy(reviewed, predicted, gold)], []
+    step_seconds = []
+    if train_first:
+        predicted, score = served_version(X, llm, human, labels, encoder_id)
+    curve = [dataset_accuracy(reviewed, predicted, gold)]
     while not reviewed.all():
         unreviewed = np.flatnonzero(~reviewed)
         chosen = unreviewed[np.argsort(score[unreviewed], kind="stable")[:batch]]
         reviewed[chosen] = True
         human[chosen] = gold[chosen]
         started = time.perf_counter()
-        slm, blend, _ = fit_slm_and_blend(X, llm, human, labels, encoder_id=encoder_id)
-        queue = fit_queue_priority(X, llm, slm.oof_probabilities_, human, blend)
-        state = blend.state()
-        served = blend_and_score(llm, slm.predict_proba(X), state["weights"], state["calibration"],
-                                 priority=queue.model, clusters=nearest_centroid(X, queue.centroids))
-        predicted, score = served.predicted, served.score
+        predicted, score = served_version(X, llm, human, labels, encoder_id)
         step_seconds.append(time.perf_counter() - started)
         curve.append(dataset_accuracy(reviewed, predicted, gold))
-        print(f"  (c) {int(reviewed.sum())} reviewed: accuracy {curve[-1]:.4f} ({step_seconds[-1]:.1f} s)", flush=True)
+        print(f"  (c{'+' if train_first else ''}) {int(reviewed.sum())} reviewed: accuracy {curve[-1]:.4f} "
+              f"({step_seconds[-1]:.1f} s)", flush=True)
         if curve[-1] >= until:
             break
     return curve, step_seconds
@@ -132,6 +147,8 @@ def run_dataset(dataset: str, args, encoder) -> tuple[dict, dict]:
         "(d) bound": static_curve(np.r_[np.flatnonzero(wrong), np.flatnonzero(~wrong)], llm_label, gold, batch),
     }
     curves["(c) ours"], step_seconds = ours_curve(X, llm, gold, labels, batch, encoder.encoder_id, max(TARGETS))
+    curves["(c+) ours, trained at 0"], _ = ours_curve(X, llm, gold, labels, batch, encoder.encoder_id, max(TARGETS),
+                                                      train_first=True)
     row = {"dataset": dataset, "tasks": n, "llm_accuracy": round(float(1 - wrong.mean()), 4)}
     for target in TARGETS:
         needed = {name: reviews_to(curves[name], target, batch, n) for name in STRATEGIES}
@@ -140,6 +157,8 @@ def run_dataset(dataset: str, args, encoder) -> tuple[dict, dict]:
         ours, bound, confidence = needed["(c) ours"], needed["(d) bound"], needed["(b) LLM confidence"]
         row[f"c/d {target:.0%}"] = round(ours / bound, 3) if ours is not None and bound else "—"
         row[f"c/b {target:.0%}"] = round(ours / confidence, 3) if ours is not None and confidence else "—"
+        first = needed["(c+) ours, trained at 0"]
+        row[f"c+/d {target:.0%}"] = round(first / bound, 3) if first is not None and bound else "—"
     row["retrain_step_s"] = round(float(np.mean(step_seconds)), 2)
     exact_bound = {f"{t:.0%}": int(max(0, wrong.sum() - np.floor((1 - t) * n + 1e-9))) for t in TARGETS}
     return row, {"curves": {k: [round(v, 5) for v in c] for k, c in curves.items()}, "batch": batch,
