@@ -160,6 +160,12 @@ def redis_url(tmp_path_factory):
     import redis
 
     url = f"redis://127.0.0.1:{port}/0"
-    wait_until(lambda: redis.Redis.from_url(url).ping(), timeout=20, what="redis-server", process=process)
+    def answers() -> bool:  # refused until redis-server listens: keep waiting (a loaded CI machine is slow)
+        try:
+            return bool(redis.Redis.from_url(url).ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    wait_until(answers, timeout=20, what="redis-server", process=process)
     yield url
     stop(process)
