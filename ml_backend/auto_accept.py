@@ -27,9 +27,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+
 from ml_backend.human_labels import AUTOMATIC_ACTION, is_automatic
 from ml_backend.label_config import Target
 from ml_backend.ls_client import ProjectClient, TaskRecord
+from ml_backend.project_report import reviewed_outcomes
+from ml_backend.report import target_threshold
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +186,10 @@ def resolve_threshold(fixed: float | None, target_accuracy: float | None,
     """The threshold to use and why: a fixed `AUTO_ACCEPT_THRESHOLD`, else the lowest threshold at
     which the project's reviewed tasks reach `AUTO_ACCEPT_TARGET_ACCURACY` (its threshold report),
     else none (off)."""
-    from ml_backend.report import target_threshold
-
     if fixed is not None:
         return fixed, "AUTO_ACCEPT_THRESHOLD"
     if target_accuracy is None:
         return None, "auto-accept is off (set AUTO_ACCEPT_THRESHOLD or AUTO_ACCEPT_TARGET_ACCURACY)"
-    import numpy as np
-
     confidence, correct = reviewed()
     if len(confidence) < MIN_REVIEWED_FOR_TARGET:
         return None, (f"{len(confidence)} reviewed tasks; the report needs {MIN_REVIEWED_FOR_TARGET} to choose a "
@@ -203,8 +203,6 @@ def resolve_threshold(fixed: float | None, target_accuracy: float | None,
 
 def reviewed_pairs(tasks: Sequence[TaskRecord], target: Target) -> tuple[list[float], list[bool]]:
     """(score shown, right?) of every human-reviewed task: what the threshold report is built from."""
-    from ml_backend.project_report import reviewed_outcomes
-
     reviewed = reviewed_outcomes(tasks, target)
     return reviewed.confidence, reviewed.correct
 
