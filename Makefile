@@ -76,7 +76,7 @@ screenshots: install-dev
 # two rq workers (one SIGKILLed mid-training), training, the new version on every task, the queue,
 # two annotators, the report, auto-accept and its undo.
 e2e: install-dev label-studio encoders
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/python -m pytest tests/integration/test_training_live.py -ra
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(VENV)/bin/python -m pytest tests/integration/test_e2e.py -rP
 
 run: install encoders
 	PORT=$(PORT) $(VENV)/bin/gunicorn --config ml_backend/gunicorn_conf.py ml_backend.wsgi:app
