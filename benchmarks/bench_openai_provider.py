@@ -5,7 +5,7 @@
 Same model (the embedded default GGUF), same ag_news tasks, zero-shot, no bias correction, in one run:
 
 * **in-process**: `LlamaCppRuntime` through `LabelScorer`, full-sequence and first-token read-outs;
-* **server, concurrency c** (1, 2, 4, 8): `python -m llama_cpp.server` on loopback, the provider with
+* **server, concurrency c** (1, 2, 4, 8): llama-cpp-python's server (`ml_backend.llm.serve_gguf`) on loopback, the provider with
   LLM_MAX_CONCURRENCY=c (first-token mode: what `auto` picks on llama-cpp-python);
 * **two workers, one server**: two providers (two HTTP pools, as two rq workers would have) each
   scoring half the tasks at the same time, vs one in-process worker scoring all of them.

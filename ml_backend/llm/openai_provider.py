@@ -65,7 +65,10 @@ from ml_backend.scoring import some_sequence_is_a_prefix
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN_GUESS = 4  # without a tokenizer endpoint: a token is about this many characters
-ALIGNMENT_TOLERANCE = 0.05  # nats: echo's value for a token vs the same token generated, on the probe
+# nats: echo's value for a token vs the same token generated, on the probe. A misaligned echo is off
+# by several nats (-18.5 vs -0.49 measured); an aligned one by the numeric noise of a batched prompt
+# pass vs a one-token step (0.052 measured on llama-cpp-python with the plain CPU layout).
+ALIGNMENT_TOLERANCE = 0.15
 PROBE_MESSAGE = "Is Paris the capital of France? Answer yes or no."
 
 

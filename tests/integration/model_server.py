@@ -1,5 +1,5 @@
 """A real OpenAI-compatible model server for tests and benchmarks: llama-cpp-python's
-`python -m llama_cpp.server` on loopback with the embedded default GGUF (no network), and a small
+`python -m ml_backend.llm.serve_gguf` (its server with the plain CPU layout) on loopback with the embedded default GGUF (no network), and a small
 fault-injecting proxy in front of it (500s, answers without logprobs, a slow server)."""
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from typing import Iterator
 import httpx
 import requests
 
+from scripts import stack
 from tests.integration.conftest import free_port, stop, wait_until
 
 
 @contextlib.contextmanager
 def llama_cpp_server(model_path: Path, log_path: Path, *, n_ctx: int = 1024, threads: int = 1) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`python -m llama_cpp.server` in its own process group; yields (base URL, process) once it answers."""
+    """The model server of `scripts/stack` in its own process group; yields (base URL, process) once it answers."""
     port = free_port()
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)],
+            stack.model_server_argv(sys.executable, model_path, port, threads=threads, n_ctx=n_ctx),
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"

@@ -198,3 +198,24 @@ def test_the_stack_without_redis_runs_the_backend_on_its_embedded_job_runner(tmp
                                            "REDIS_URL": "redis://elsewhere:6379/0"})
     assert [s.name for s in stack.services(embedded)] == ["label-studio", "backend"]
     assert "REDIS_URL" not in embedded.backend_env()
+
+
+def test_the_stack_with_a_model_server_points_every_process_at_it(tmp_path):
+    gguf = tmp_path / "served.gguf"
+    config = stack.StackConfig.from_env({"STACK_DIR": str(tmp_path), "STACK_WORKERS": "2", "STACK_MODEL_SERVER": "true",
+                                         "STACK_MODEL_SERVER_PORT": "8111", "MODEL_SERVER_GGUF": str(gguf),
+                                         "LLM_THREADS": "3"})
+    services = stack.services(config)
+    assert [s.name for s in services] == ["redis", "model-server", "label-studio", "backend", "worker-1", "worker-2"]
+    assert [s.name for s in services if s.early] == ["redis", "model-server"]  # healthy before the backend loads
+    server = services[1]
+    assert server.argv[1:3] == ["-m", "ml_backend.llm.serve_gguf"] and str(gguf) in server.argv
+    assert server.argv[server.argv.index("--port") + 1] == "8111"
+    assert server.argv[server.argv.index("--n_threads") + 1] == "3"
+    assert server.env["PORT"] == "8111"  # llama_cpp.server prefers PORT over --port: not the backend's
+    for service in services[3:]:
+        assert service.env["LLM_BASE_URL"] == "http://127.0.0.1:8111"
+    without = stack.StackConfig.from_env({"STACK_DIR": str(tmp_path)})
+    assert without.model_server_port is None and "LLM_BASE_URL" not in without.backend_env()
+    default = stack.StackConfig.from_env({"STACK_DIR": str(tmp_path), "CACHE_DIR": str(tmp_path / "cache")})
+    assert stack.default_model_file(default.env).parent == tmp_path / "cache"
