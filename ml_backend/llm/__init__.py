@@ -84,15 +84,22 @@ def _local_model_path(settings: Settings) -> Path | None:
 def model_name(settings: Settings) -> str:
     """Readable model id, known without loading the model (the fast /setup puts it into model_version).
 
-    A served model gets "-openai": its scores come from another engine (and, in first_token
-    mode, another read-out), so its predictions must not pass for the in-process model's."""
+    A served model gets "-openai": its scores come from another engine, so its predictions must
+    not pass for the in-process model's. An explicitly chosen read-out (LLM_LOGPROBS_MODE=echo or
+    first_token) is part of the name too: switching it changes every score, so it must change the
+    version. Under "auto" the mode is what the server supports (fixed per server software, logged
+    as `event=llm_provider_mode`); it is not known before the server is probed, and /setup must
+    answer without probing."""
     if settings.llm_model == DEFAULT_MODEL:
         from ml_backend.llm.default_model import DEFAULT_MODEL_NAME
 
         name = DEFAULT_MODEL_NAME
     else:
         name = Path(settings.llm_gguf_file or settings.llm_model).stem
-    return f"{name}-openai" if settings.llm_base_url else name
+    if not settings.llm_base_url:
+        return name
+    readout = {"echo": "-echo", "first_token": "-ft"}.get(settings.llm_logprobs_mode, "")
+    return f"{name}-openai{readout}"
 
 
 def load_runtime(settings: Settings) -> LLMRuntime:

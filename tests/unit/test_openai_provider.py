@@ -5,6 +5,8 @@ error, bounded retries, the circuit breaker, timeouts, and /predict keeping ever
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import httpx
 import numpy as np
@@ -221,3 +223,37 @@ def test_setup_reports_a_server_without_logprobs(settings):
         inference.check_model()
     Inference(connect, remote=False).check_model()  # in-process runtimes load in the background, never in /setup
     assert ModelServerUnsupported("x").status_code == 422 and ModelServerUnavailable("x").status_code == 503
+
+
+@pytest.mark.parametrize("mode, name", [
+    ("auto", "qwen-openai"), ("echo", "qwen-openai-echo"), ("first_token", "qwen-openai-ft"),
+])
+def test_a_served_models_version_name_carries_an_explicit_readout(mode, name):
+    """Switching LLM_LOGPROBS_MODE changes every score, so it must change the model version."""
+    from ml_backend.config import Settings
+    from ml_backend.llm import model_name
+
+    served = Settings(llm_base_url="http://127.0.0.1:1", llm_model="/models/qwen.gguf", llm_logprobs_mode=mode)
+    assert model_name(served) == name
+    assert model_name(Settings(llm_model="/models/qwen.gguf", llm_logprobs_mode=mode)) == "qwen"
+
+
+def test_the_model_server_wrapper_loads_the_plain_cpu_layout_and_ignores_the_backends_port(monkeypatch):
+    """`ml_backend.llm.serve_gguf`: llama.cpp's repacked layouts crashed llama_cpp.server on an AMX
+    CPU; the wrapper turns them off for every model it loads, and PORT/HOST (the backend's, next to
+    it) no longer override its --port/--host."""
+    import llama_cpp.llama as high_level
+    import llama_cpp.server.__main__ as server_main
+
+    from ml_backend.llm import serve_gguf
+
+    monkeypatch.setattr(high_level.llama_cpp, "llama_model_default_params",
+                        high_level.llama_cpp.llama_model_default_params)
+    assert high_level.llama_cpp.llama_model_default_params().use_extra_bufts is True  # llama.cpp's default
+    seen = {}
+    monkeypatch.setattr(server_main, "main", lambda: seen.update(argv=list(sys.argv), port=os.environ.get("PORT")))
+    monkeypatch.setenv("PORT", "9090")
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    serve_gguf.main(["--model", "m.gguf", "--port", "8000"])
+    assert seen == {"argv": ["python -m ml_backend.llm.serve_gguf", "--model", "m.gguf", "--port", "8000"], "port": None}
+    assert high_level.llama_cpp.llama_model_default_params().use_extra_bufts is False
