@@ -121,6 +121,7 @@ def wait_for_predictions(backend_url: str, tasks_per_project: dict[int, int]) ->
 
 
 def start() -> int:
+    started = time.monotonic()
     config = demo_config()
     if stack.start(config) != 0:
         print(f"error: the demo stack did not start; logs in {config.logs}", file=sys.stderr)
@@ -129,7 +130,10 @@ def start() -> int:
 
     client = LabelStudio(base_url=config.ls_url, api_key=config.ls_token, timeout=120)
     ids = [ensure_project(client, demo, config.backend_url) for demo in PROJECTS]
+    browsable_s = time.monotonic() - started
+    print(f"event=demo_browsable s={browsable_s:.1f} url={config.ls_url} (pre-annotations arrive while you look)")
     statuses = wait_for_predictions(config.backend_url, task_counts(client, ids))
+    print(f"event=demo_timing browsable_s={browsable_s:.1f} pre_annotated_s={time.monotonic() - started:.1f}")
     print("\nThe demo is ready.\n")
     print(f"  Label Studio   {config.ls_url}   login {stack.DEFAULT_LS_USER} / {stack.DEFAULT_LS_PASSWORD}")
     print(f"  Backend        {config.backend_url}   (GET /metrics, GET /report?project=ID)")
