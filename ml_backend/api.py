@@ -2,7 +2,7 @@
 
 Endpoints and shapes follow Label Studio 1.23's ML backend protocol
 (see ../shared/LABEL_STUDIO_NOTES.md): /health, /setup, /predict, /webhook, /train, /versions;
-ours besides: /preannotate, /preannotate/status, /report, /metrics (Prometheus).
+ours besides: /preannotate, /preannotate/status, /queue/refresh, /report, /metrics (Prometheus).
 """
 
 from __future__ import annotations
@@ -172,22 +172,37 @@ def _bulk():
     return bulk
 
 
-@bp.post("/preannotate")
-def preannotate():
-    """Explicit trigger: pre-annotate a project, or a selection of its tasks, in the background."""
-    body = _json_object()
+def _connected_project(body: dict[str, Any]) -> str:
+    """The store key of the body's Label Studio project; 400 without one, 404 if never connected."""
     project_id = _backend().project_key(body.get("project"))
     if not project_id or not is_label_studio_project(project_id):
         raise BadRequest("'project' (a Label Studio project id) is missing.", hint='Send {"project": 3}.')
-    tasks = body.get("tasks")
-    if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, int) for t in tasks)):
-        raise BadRequest("'tasks' must be a list of task ids.", hint='Send {"project": 3, "tasks": [1, 2]}.')
     if not _backend().store.exists(project_id):
         raise NotFound(
             f"Project {project_id} is not connected to this backend.",
             hint="Connect the model in the project's settings first (Label Studio then calls /setup).",
         )
+    return project_id
+
+
+@bp.post("/preannotate")
+def preannotate():
+    """Explicit trigger: pre-annotate a project, or a selection of its tasks, in the background."""
+    body = _json_object()
+    tasks = body.get("tasks")
+    if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, int) for t in tasks)):
+        raise BadRequest("'tasks' must be a list of task ids.", hint='Send {"project": 3, "tasks": [1, 2]}.')
+    project_id = _connected_project(body)
     enqueued = _bulk().trigger(project_id, tasks, reason="explicit")
+    return jsonify({"project": project_id, "job_id": enqueued.job_id, "coalesced": enqueued.coalesced}), 202
+
+
+@bp.post("/queue/refresh")
+def queue_refresh():
+    """Re-apply the review queue now. It is the pre-annotation job's last step, so the job runs: tasks
+    missing a current-version prediction get one, then sampling, model_version and the view are set."""
+    project_id = _connected_project(_json_object())
+    enqueued = _bulk().trigger(project_id, None, reason="queue_refresh")
     return jsonify({"project": project_id, "job_id": enqueued.job_id, "coalesced": enqueued.coalesced}), 202
 
 

@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from ml_backend.config import Settings, SettingsError, load_settings
 
@@ -99,6 +100,26 @@ def cmd_preannotate(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         bar.close()
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    """The project's threshold report as files: what `GET /report?project=ID` shows, for a shared drive."""
+    from ml_backend.errors import BackendError
+    from ml_backend.report import summary_lines, table_markdown, write_report
+
+    project = _require_project(settings, str(args.project))
+    services = _services(settings, preannotation=False)
+    try:
+        report, meta = services.service.reports.build(project)
+    except BackendError as exc:  # not connected, no single-choice config, nothing reviewed yet
+        raise SystemExit(f"error: {exc.message} {exc.hint}".rstrip()) from None
+    directory = args.output or Path(f"report-project-{args.project}")
+    paths = write_report(report, directory, title=f"Threshold report: project {meta['project']} "
+                         f"({meta['reviewed']} reviewed tasks, {meta['model_version']})")
+    print(table_markdown(report))
+    print("\n".join(summary_lines(report)))
+    print(f"wrote {', '.join(str(path) for path in paths.values())}")
     return 0
 
 
@@ -343,6 +364,30 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--here", action="store_true", help="run the job in this process even when REDIS_URL is set")
     pre.add_argument("--wait", action="store_true", help="with REDIS_URL: follow the queued job's progress")
     pre.set_defaults(func=cmd_preannotate)
+
+    refresh = commands.add_parser(
+        "queue-refresh",
+        help="re-apply the review queue now (what POST /queue/refresh does)",
+        description="Runs the project's pre-annotation job: every unlabeled task without a prediction of the current "
+        "version gets one (score = P(correct), cluster), then the project is pointed at that version with "
+        "uncertainty sampling and the 'Review queue' view is created if it is missing (QUEUE_ORDERING). After a "
+        "new version this happens by itself; run it after changing the project's sampling by hand.",
+    )
+    refresh.add_argument("--project", required=True, type=int, help="Label Studio project id")
+    refresh.add_argument("--here", action="store_true", help="run the job in this process even when REDIS_URL is set")
+    refresh.add_argument("--wait", action="store_true", help="with REDIS_URL: follow the queued job's progress")
+    refresh.set_defaults(func=cmd_preannotate, tasks=None)
+
+    report = commands.add_parser(
+        "report",
+        help="a project's threshold report as files: table (CSV, Markdown), reliability and coverage PNGs, HTML",
+        description="Compares the current pre-annotations with the project's human labels (its reviewed tasks): "
+        "threshold -> coverage, accuracy, count; AUROC; ECE; the thresholds reaching 95% and 98% accuracy. "
+        "The same numbers as GET /report?project=ID. Prints the table as Markdown.",
+    )
+    report.add_argument("--project", required=True, type=int, help="Label Studio project id")
+    report.add_argument("-o", "--output", type=Path, help="directory for the files (default: report-project-<id>/)")
+    report.set_defaults(func=cmd_report)
 
     status = commands.add_parser("status", help="progress of background pre-annotation (needs REDIS_URL)")
     status.add_argument("--project", type=int, help="one project (default: all)")

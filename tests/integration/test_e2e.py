@@ -13,7 +13,8 @@ rq workers, exactly as a user without Docker starts them. Then, as a team would:
    and `/next` (least-likely-right first), the report counts the reviewed tasks;
 4. the NER project is untouched by all that (its version, its predictions), then learns from its own
    annotations and gets a new version, leaving the sentiment project as it was: no leak either way;
-5. team features on the trained project: two annotators pulling `/next` get different tasks,
+5. the threshold report as files and the queue re-applied from the command line;
+6. team features on the trained project: two annotators pulling `/next` get different tasks,
    auto-accept + undo, a burst of 50 webhooks coalesced into one or two runs.
 
 Every wait is bounded; a failing step prints its name and the last lines of every service's log.
@@ -184,7 +185,7 @@ def _pre_annotated(config: stack.StackConfig, project_id: int, version: str, wha
 
 
 # --- the story ------------------------------------------------------------------------------------------
-def test_the_whole_loop_on_the_stack(e2e_stack):
+def test_the_whole_loop_on_the_stack(e2e_stack, tmp_path):
     from label_studio_sdk import LabelStudio
 
     config = e2e_stack
@@ -277,6 +278,20 @@ def test_the_whole_loop_on_the_stack(e2e_stack):
         assert slm["current"] and slm["counts"]["human_labels"] == N_ANNOTATED
         assert "disagreement_rate" in slm["metrics"]
 
+    env = config.backend_env()  # the CLI on the stack: its Label Studio, Redis and model store
+    with step(config, "the report as files and the queue re-applied from the command line"):
+        written = run_cli(env, "report", "--project", str(project.id), "-o", str(tmp_path / "report"))
+        assert written.returncode == 0, written.stderr[-3000:]
+        assert "| threshold |" in written.stdout and "95.0% accuracy" in written.stdout
+        table = (tmp_path / "report" / "thresholds.csv").read_text().splitlines()
+        assert table[0].startswith("threshold") and len(table) > 2
+        assert all((tmp_path / "report" / name).stat().st_size > 1000 for name in ("reliability.png", "coverage.png"))
+        client.projects.update(id=project.id, sampling="Sequential sampling")  # someone changed it by hand
+        refreshed = run_cli(env, "queue-refresh", "--project", str(project.id), "--here")
+        assert refreshed.returncode == 0, refreshed.stderr[-3000:]
+        assert client.projects.get(id=project.id).sampling == "Uncertainty sampling"
+        assert versions_per_task(client, project.id) == per_task  # nothing predicted twice
+
     with step(config, "the NER project was left alone by the sentiment project's training"):
         assert _setup(backend, ner.id, NER_ZH) == ner_first
         assert versions_per_task(client, ner.id) == ner_before
@@ -311,7 +326,6 @@ def test_the_whole_loop_on_the_stack(e2e_stack):
     with step(config, "two annotators pulling /next get different tasks"):
         _two_annotators_get_different_tasks(ls, project.id, annotators, set(unlabeled))
 
-    env = config.backend_env()  # the CLI on the stack: its Label Studio, Redis and model store
     with step(config, "auto-accept above the median score, then undo"):
         _auto_accept_and_undo(env, backend, ls, project.id, second, scores, set(labeled))
 

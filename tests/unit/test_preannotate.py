@@ -112,3 +112,40 @@ def test_rate_and_eta():
     assert rate_and_eta(0, 100, 5.0) == (None, None)
     rate, eta = rate_and_eta(30, 100, 10.0)
     assert rate == pytest.approx(3.0) and eta == pytest.approx(70 / 3.0)
+
+
+def test_queue_refresh_re_applies_sampling_and_the_review_view(settings, keyword_runtime):
+    """Someone switched the project to sequential sampling and deleted the tab: POST /queue/refresh
+    (the pre-annotation job's last step) points it back at the current version, recreates the view
+    once, and predicts nothing twice."""
+    from ml_backend.app import create_app
+    from tests.fakes import FakeLabelStudio
+
+    app = create_app(settings.model_copy(update={
+        "preannotate_auto": True, "job_retries": 0, "demonstrations": 0, "bias_calibration": "none",
+        "preannotate_first_page": 0,
+    }), runtime_loader=lambda: keyword_runtime)
+    services = services_of(app)
+    fake = FakeLabelStudio.with_texts(["positive", "negative", "positive again"])
+    services.client_factory = lambda state: fake
+    client = app.test_client()
+    version = _setup(client)
+    assert services.runner.wait_idle(30)
+    assert fake.sampling == "Uncertainty sampling" and fake.views == ["Review queue"]
+    written = dict(fake.predictions)
+
+    fake.sampling, fake.project_model_version = "Sequential sampling", None
+    fake.views.clear()
+    answer = client.post("/queue/refresh", json={"project": 7})
+    assert answer.status_code == 202 and answer.json["project"] == "7.1795457094"
+    assert services.runner.wait_idle(30)
+    assert fake.sampling == "Uncertainty sampling" and fake.project_model_version == version
+    assert fake.views == ["Review queue"]
+    assert fake.predictions == written  # every task already held the current version
+
+
+def test_queue_refresh_needs_a_connected_project(bulk_app):
+    client = bulk_app().test_client()
+    assert client.post("/queue/refresh", json={"project": 99}).status_code == 404
+    missing = client.post("/queue/refresh", json={})
+    assert missing.status_code == 400 and "project" in missing.json["error"]
