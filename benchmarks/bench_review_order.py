@@ -15,7 +15,7 @@ start's prior-matched LLM distributions). Annotators review --batch tasks at a t
     (`training.job.fit_slm_and_blend` + `fit_queue_priority`: noisy-label SLM, blend, calibration,
     clusters, the P(correct) model) and the served scoring (`slm_model.blend_and_score`) re-predicts
     and re-scores every task; the next batch is the lowest P(correct) among the unreviewed;
-(c+) the same with one more training run before the first review (Start Training pressed on the
+(c+, with `--plus`) the same with one more training run before the first review (Start Training pressed on the
     fresh project: the SLM learns from the LLM's labels alone, and the first batch already uses the
     LLM×SLM disagreement; the service does not start that run by itself);
 (d) the bound: the LLM's wrong labels first.
@@ -147,18 +147,21 @@ def run_dataset(dataset: str, args, encoder) -> tuple[dict, dict]:
         "(d) bound": static_curve(np.r_[np.flatnonzero(wrong), np.flatnonzero(~wrong)], llm_label, gold, batch),
     }
     curves["(c) ours"], step_seconds = ours_curve(X, llm, gold, labels, batch, encoder.encoder_id, max(TARGETS))
-    curves["(c+) ours, trained at 0"], _ = ours_curve(X, llm, gold, labels, batch, encoder.encoder_id, max(TARGETS),
-                                                      train_first=True)
+    if args.plus:
+        curves["(c+) ours, trained at 0"], _ = ours_curve(X, llm, gold, labels, batch, encoder.encoder_id,
+                                                          max(TARGETS), train_first=True)
     row = {"dataset": dataset, "tasks": n, "llm_accuracy": round(float(1 - wrong.mean()), 4)}
     for target in TARGETS:
-        needed = {name: reviews_to(curves[name], target, batch, n) for name in STRATEGIES}
-        for name in STRATEGIES:
+        strategies = [name for name in STRATEGIES if name in curves]
+        needed = {name: reviews_to(curves[name], target, batch, n) for name in strategies}
+        for name in strategies:
             row[f"{name.split()[0]} {target:.0%}"] = needed[name] if needed[name] is not None else "—"
         ours, bound, confidence = needed["(c) ours"], needed["(d) bound"], needed["(b) LLM confidence"]
         row[f"c/d {target:.0%}"] = round(ours / bound, 3) if ours is not None and bound else "—"
         row[f"c/b {target:.0%}"] = round(ours / confidence, 3) if ours is not None and confidence else "—"
-        first = needed["(c+) ours, trained at 0"]
-        row[f"c+/d {target:.0%}"] = round(first / bound, 3) if first is not None and bound else "—"
+        if args.plus:
+            first = needed["(c+) ours, trained at 0"]
+            row[f"c+/d {target:.0%}"] = round(first / bound, 3) if first is not None and bound else "—"
     row["retrain_step_s"] = round(float(np.mean(step_seconds)), 2)
     exact_bound = {f"{t:.0%}": int(max(0, wrong.sum() - np.floor((1 - t) * n + 1e-9))) for t in TARGETS}
     return row, {"curves": {k: [round(v, 5) for v in c] for k, c in curves.items()}, "batch": batch,
@@ -194,6 +197,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--plus", action="store_true",
+                        help="also run (c+) (one more training run per step: doubles the run time)")
     parser.add_argument("--datasets", default=",".join(CONFIGS))
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
