@@ -64,7 +64,10 @@ def time_generate_and_parse(model_path: Path, scorer: LabelScorer, target, texts
     """(b): how most LLM backends label: full prompt per task, greedy decoding, parse the text."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(model_path), n_ctx=2048, n_threads=threads, verbose=False)
+    from ml_backend.llm.llama_cpp_runtime import plain_cpu_layout
+
+    with plain_cpu_layout():  # the runtime's layout: same numbers, no crash on AMX CPUs
+        llm = Llama(model_path=str(model_path), n_ctx=2048, n_threads=threads, verbose=False)
     prompt = scorer.prompt(target, demos)
     names = [o.prompt_name for o in target.options]
     correct = 0

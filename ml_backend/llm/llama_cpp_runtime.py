@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import llama_cpp
 import numpy as np
@@ -37,6 +38,32 @@ from ml_backend.llm.base import (
 from ml_backend.llm.prompts import ChatFormat
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def plain_cpu_layout() -> Iterator[None]:
+    """High-level `llama_cpp.Llama` objects created inside load llama.cpp's plain CPU weight layout.
+
+    `LlamaCppRuntime` sets `use_extra_bufts = False` itself (see there why); `llama_cpp.Llama` and
+    `llama_cpp.server` have no argument for it, and with the repacked layouts their first prompt
+    longer than one token crashed the process (a segfault in libggml-cpu) on AMX CPUs, this
+    project's CI machines among them. The model server and the reference models of tests and
+    benchmarks are created inside this, so they neither crash nor compute different numbers.
+    """
+    import llama_cpp.llama as high_level
+
+    default_params = high_level.llama_cpp.llama_model_default_params
+
+    def plain_layout_params():
+        params = default_params()
+        params.use_extra_bufts = False
+        return params
+
+    high_level.llama_cpp.llama_model_default_params = plain_layout_params
+    try:
+        yield
+    finally:
+        high_level.llama_cpp.llama_model_default_params = default_params
 
 
 class LlamaCppRuntime(LLMRuntime):

@@ -19,20 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-
-def use_plain_cpu_layout() -> None:
-    """Every model llama_cpp loads from now on gets `use_extra_bufts = False`."""
-    import llama_cpp
-    import llama_cpp.llama as high_level
-
-    default_params = llama_cpp.llama_model_default_params
-
-    def plain_layout_params():
-        params = default_params()
-        params.use_extra_bufts = False
-        return params
-
-    high_level.llama_cpp.llama_model_default_params = plain_layout_params
+from ml_backend.llm.llama_cpp_runtime import plain_cpu_layout
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,11 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     for flag, variable in (("--port", "PORT"), ("--host", "HOST")):
         if flag in argv:
             os.environ.pop(variable, None)
-    use_plain_cpu_layout()
     from llama_cpp.server.__main__ import main as serve
 
     sys.argv = ["python -m ml_backend.llm.serve_gguf", *argv]
-    serve()
+    with plain_cpu_layout():
+        serve()
 
 
 if __name__ == "__main__":

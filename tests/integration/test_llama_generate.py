@@ -12,7 +12,10 @@ def plain_greedy(default_model_path, tokens: list[int], n_new: int) -> list[int]
     """Greedy tokens from a fresh llama-cpp-python Llama evaluating the whole prompt."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(default_model_path), n_ctx=2048, n_threads=1, verbose=False)
+    from ml_backend.llm.llama_cpp_runtime import plain_cpu_layout
+
+    with plain_cpu_layout():  # the runtime's layout: same numbers, no crash on AMX CPUs
+        llm = Llama(model_path=str(default_model_path), n_ctx=2048, n_threads=1, verbose=False)
     llm.eval(tokens)
     generated = []
     for _ in range(n_new):

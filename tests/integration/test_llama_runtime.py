@@ -17,7 +17,10 @@ pytestmark = pytest.mark.integration
 def reference_llm(default_model_path):
     from llama_cpp import Llama
 
-    return Llama(model_path=str(default_model_path), n_ctx=2048, n_threads=2, logits_all=True, verbose=False)
+    from ml_backend.llm.llama_cpp_runtime import plain_cpu_layout
+
+    with plain_cpu_layout():  # the runtime's layout: same numbers, no crash on AMX CPUs
+        return Llama(model_path=str(default_model_path), n_ctx=2048, n_threads=2, logits_all=True, verbose=False)
 
 
 def reference_logprob(llm, tokens: list[int], n_context: int) -> float:

@@ -251,9 +251,12 @@ def test_the_model_server_wrapper_loads_the_plain_cpu_layout_and_ignores_the_bac
                         high_level.llama_cpp.llama_model_default_params)
     assert high_level.llama_cpp.llama_model_default_params().use_extra_bufts is True  # llama.cpp's default
     seen = {}
-    monkeypatch.setattr(server_main, "main", lambda: seen.update(argv=list(sys.argv), port=os.environ.get("PORT")))
+    monkeypatch.setattr(server_main, "main", lambda: seen.update(
+        argv=list(sys.argv), port=os.environ.get("PORT"),
+        plain=high_level.llama_cpp.llama_model_default_params().use_extra_bufts is False))
     monkeypatch.setenv("PORT", "9090")
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     serve_gguf.main(["--model", "m.gguf", "--port", "8000"])
-    assert seen == {"argv": ["python -m ml_backend.llm.serve_gguf", "--model", "m.gguf", "--port", "8000"], "port": None}
-    assert high_level.llama_cpp.llama_model_default_params().use_extra_bufts is False
+    assert seen == {"argv": ["python -m ml_backend.llm.serve_gguf", "--model", "m.gguf", "--port", "8000"],
+                    "port": None, "plain": True}
+    assert high_level.llama_cpp.llama_model_default_params().use_extra_bufts is True  # only while it serves
