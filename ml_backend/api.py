@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ml_backend import telemetry
+from ml_backend import openapi, telemetry
 from ml_backend.errors import BadRequest, NotFound
 from ml_backend.model import LLMBackend
 from ml_backend.model_store import is_label_studio_project
@@ -146,6 +146,12 @@ def train():
 def versions():
     project = request.args.get("project")
     return jsonify({"versions": _backend().versions(project), "slm_versions": _backend().slm_versions(project)})
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    """The OpenAPI description of every endpoint (`ml_backend.openapi`)."""
+    return jsonify(openapi.openapi_description())
 
 
 @bp.get("/metrics")
