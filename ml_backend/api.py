@@ -27,8 +27,22 @@ def _backend() -> LLMBackend:
     return current_app.extensions["llm_backend"]
 
 
+def _parsed_body() -> Any:
+    """The JSON body, or None when it is not JSON (wrong content type, malformed, not UTF-8).
+
+    Flask's parser is recursive: a body nested thousands deep raises RecursionError, which is
+    the client's input, not our bug, so it is a 400 like any other malformed body."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequest(
+            "The request body is nested too deeply.",
+            hint="Label Studio's payloads are a few levels deep; send tasks as a flat list of objects.",
+        ) from None
+
+
 def _json_object() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    body = _parsed_body()
     if body is None:
         raise BadRequest(
             "The request body is not valid JSON.",
@@ -136,7 +150,7 @@ def webhook():
 @bp.post("/train")
 def train():
     """Legacy alias: older Label Studio versions and scripts POST here to start training."""
-    body = request.get_json(silent=True)
+    body = _parsed_body()
     body = body if isinstance(body, dict) else {}
     outcome = _backend().fit("START_TRAINING", body)
     return jsonify({"action": "START_TRAINING", **outcome}), 200
