@@ -1,0 +1,75 @@
+"""Generated requests (schemathesis, from the served /openapi.json) against a live gunicorn backend.
+
+Schemathesis generates bodies and query strings that fit the description and ones that do not
+(wrong types, missing keys, out-of-pattern ids). Whatever it sends, the backend must answer
+below 500, with a status and a body the description lists, and stay healthy. The number of
+requests is `RELIABILITY_FUZZ_REQUESTS` (tests/reliability/conftest.py), spread over every
+operation that takes input; operations without input are called once per phase.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from ml_backend.openapi import openapi_description
+from tests.reliability.conftest import FUZZ_REQUESTS
+
+pytestmark = pytest.mark.integration
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+
+def operations_with_input(description: dict) -> int:
+    return sum(
+        1
+        for item in description["paths"].values()
+        for operation in item.values()
+        if operation.get("requestBody") or operation.get("parameters")
+    )
+
+
+EXAMPLES_PER_OPERATION = max(1, math.ceil(FUZZ_REQUESTS / operations_with_input(openapi_description())))
+
+
+@pytest.fixture(scope="session")
+def live_schema(live_backend):
+    """The description as the live server serves it (its URL is the base URL of every call)."""
+    return schemathesis.openapi.from_url(f"{live_backend}/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("live_schema")
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,  # latency is a figure here, not a pass/fail criterion
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_generated_requests_get_no_server_error(case, fuzz_figures):
+    started = time.perf_counter()
+    response = case.call(timeout=120)
+    fuzz_figures.record(f"{case.method.upper()} {case.path}", response.status_code, time.perf_counter() - started)
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_the_server_is_healthy_after_the_generated_requests(live_backend, fuzz_figures):
+    """Runs after the generated requests (pytest keeps file order): the same process still answers."""
+    response = requests.get(f"{live_backend}/health", timeout=5)
+    fuzz_figures.healthy_after = response.ok and response.json().get("status") == "UP"
+    assert fuzz_figures.healthy_after
+    assert sum(fuzz_figures.statuses.values()) > 0, "no generated request was sent"
+    assert fuzz_figures.summary()["responses_5xx"] == 0, fuzz_figures.server_errors
