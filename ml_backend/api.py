@@ -72,6 +72,8 @@ def setup():
     schema = body.get("schema")
     if not isinstance(schema, str):
         raise BadRequest("'schema' (the labeling config XML) is missing.", hint="Label Studio sends it on connect.")
+    _check_bounded(body, "hostname", MAX_HOSTNAME_CHARS, hint="Label Studio sends its own URL, e.g. http://localhost:8080.")
+    _check_bounded(body, "access_token", MAX_TOKEN_CHARS, hint="Label Studio sends the connecting user's API token.")
     extra_params = parse_extra_params(body.get("extra_params"), project=body.get("project"))
     version = _backend().setup(
         body.get("project"),
@@ -84,6 +86,15 @@ def setup():
 
 
 MAX_LOGGED_CHARS = 80  # client-supplied text is bounded before it reaches a log line
+MAX_HOSTNAME_CHARS = 2048  # a URL; /setup stores it in the project's state file
+MAX_TOKEN_CHARS = 4096  # Label Studio's tokens: 40 hex characters (legacy) or a JWT of a few hundred
+
+
+def _check_bounded(body: dict[str, Any], key: str, limit: int, *, hint: str) -> None:
+    """400 for a client string that would reach the disk unbounded (the state file keeps it)."""
+    value = body.get(key)
+    if isinstance(value, str) and len(value) > limit:
+        raise BadRequest(f"'{key}' is {len(value)} characters long, more than {limit}.", hint=hint)
 
 
 def parse_extra_params(raw: Any, *, project: Any = None) -> dict[str, Any] | None:
@@ -185,6 +196,11 @@ def report():
     return current_app.response_class(_backend().report(project), mimetype="text/html")
 
 
+def _is_task_id(value: Any) -> bool:
+    """A Label Studio task id: a non-negative database integer (JSON true is not 1 here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18
+
+
 def _bulk():
     bulk = _backend().bulk
     if bulk is None:
@@ -210,7 +226,7 @@ def preannotate():
     """Explicit trigger: pre-annotate a project, or a selection of its tasks, in the background."""
     body = _json_object()
     tasks = body.get("tasks")
-    if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, int) for t in tasks)):
+    if tasks is not None and (not isinstance(tasks, list) or not all(_is_task_id(t) for t in tasks)):
         raise BadRequest("'tasks' must be a list of task ids.", hint='Send {"project": 3, "tasks": [1, 2]}.')
     project_id = _connected_project(body)
     enqueued = _bulk().trigger(project_id, tasks, reason="explicit")

@@ -54,7 +54,8 @@ def annotation_ids(action: str, data: dict[str, Any]) -> list[str]:
     annotation = data.get("annotation")
     if isinstance(annotation, dict):
         found.append(annotation.get("id"))
-    for item in data.get("annotations") or []:
+    annotations = data.get("annotations")
+    for item in annotations if isinstance(annotations, list) else []:  # client input: any type
         if isinstance(item, dict):
             found.append(item.get("id"))
     ids = [str(i) for i in found if isinstance(i, int) and not isinstance(i, bool)][:1000]

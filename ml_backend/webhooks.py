@@ -62,7 +62,8 @@ class WebhookHandlers:
         """Imports: pre-annotate the new tasks in the background (the webhook must answer in < 1 s)."""
         if self.bulk is None or not self.settings.preannotate_auto or not project_key:
             return {"status": "ignored"}
-        task_ids = [t["id"] for t in data.get("tasks") or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
+        tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []  # client input: any type
+        task_ids = [t["id"] for t in tasks if isinstance(t, dict) and _is_task_id(t.get("id"))]
         project = data.get("project")
         state = self.store.load(project_key)
         if not state.label_config and isinstance(project, dict) and isinstance(project.get("label_config"), str):
@@ -128,3 +129,8 @@ class WebhookHandlers:
             log.info("event=webhook_ignored action=START_TRAINING project=%s reason=%s", project_key, reason)
             return {"job": None, "status": "ignored", "reason": reason}
         return self.retraining.start(project_key)
+
+
+def _is_task_id(value: Any) -> bool:
+    """A Label Studio task id: a non-negative database integer (not a bool, not 10**30)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18

@@ -93,6 +93,11 @@ CASES = [
          expected=200),
     Case("action_a_number", "POST", "/webhook", body={"action": 7}),
     Case("preannotate_task_ids_strings", "POST", "/preannotate", body={"project": 3, "tasks": ["1"]}),
+    Case("preannotate_task_ids_bools", "POST", "/preannotate", body={"project": 3, "tasks": [True]}),
+    Case("preannotate_task_ids_huge", "POST", "/preannotate", body={"project": 3, "tasks": [10**30, -1]}),
+    Case("setup_hostname_100k_chars", "POST", "/setup",
+         body={"project": "3.1", "schema": SENTIMENT_EN, "hostname": "http://" + LONG_TEXT}),
+    Case("setup_token_100k_chars", "POST", "/setup", body={"project": "3.1", "schema": SENTIMENT_EN, "access_token": LONG_TEXT}),
     Case("extra_params_a_list", "POST", "/setup", body={"project": "3.1", "schema": SENTIMENT_EN, "extra_params": [1]},
          expected=200),
     # unknown label-config tags, configs that are not XML
@@ -195,3 +200,46 @@ def test_a_long_project_id_never_reaches_the_disk(client, settings):
         assert client.post("/setup", json=body).status_code == 400
     stored = [path for path in settings.model_dir.rglob("*")] if settings.model_dir.exists() else []
     assert all(len(path.name) < 64 for path in stored)
+
+
+CONNECTED = "3.1795457094"  # the key webhooks of project {"id": 3, "created_at": ...} resolve to
+WEBHOOK_ACTIONS = ("TASKS_CREATED", "PROJECT_UPDATED", "ANNOTATION_CREATED", "ANNOTATION_UPDATED",
+                   "ANNOTATIONS_DELETED", "START_TRAINING")
+WRONG_WEBHOOK_FIELDS = {
+    "tasks_a_number": {"tasks": 5},
+    "tasks_a_string": {"tasks": "abc"},
+    "tasks_of_junk": {"tasks": [5, None, {"id": "x"}, {"id": True}, {"id": 10**30}]},
+    "annotation_a_number": {"annotation": 5},
+    "annotation_id_a_string": {"annotation": {"id": "x" * 10_000, "result": "no"}},
+    "annotations_a_number": {"annotations": 5},
+    "annotations_a_string": {"annotations": "xyz"},
+    "project_config_a_number": {"project": {"id": 3, "label_config": 5}},
+    "project_config_unknown_tags": {"project": {"id": 3, "label_config": "<View><Blob/></View>"}},
+    "project_created_at_a_number": {"project": {"id": 3, "created_at": 5}},
+    "project_created_at_garbage": {"project": {"id": 3, "created_at": "yesterday" * 1000}},
+    "project_counts_strings": {"project": {"id": 3, "total_annotations_number": "many", "task_number": []}},
+    "project_a_bare_id": {"project": 3},
+}
+
+
+@pytest.fixture
+def connected_client(settings, keyword_runtime):
+    """An app with background pre-annotation and training on, and project 3 connected (no Label
+    Studio answers: the jobs it starts fail fast in their thread, the webhooks must not)."""
+    from ml_backend.app import create_app
+
+    app = create_app(settings.model_copy(update={"preannotate_auto": True, "job_retries": 0}),
+                     runtime_loader=lambda: keyword_runtime)
+    client = app.test_client()
+    assert client.post("/setup", json={"project": CONNECTED, "schema": SENTIMENT_EN}).status_code == 200
+    return client
+
+
+@pytest.mark.parametrize("action", WEBHOOK_ACTIONS)
+@pytest.mark.parametrize("fields", WRONG_WEBHOOK_FIELDS.values(), ids=WRONG_WEBHOOK_FIELDS.keys())
+def test_wrong_typed_webhook_fields_of_a_connected_project_get_no_server_error(connected_client, action, fields):
+    body = {"action": action, "project": {"id": 3, "created_at": "2026-11-23T18:04:54Z"}, **fields}
+    response = connected_client.post("/webhook", json=body)
+    assert response.status_code < 500, response.get_data(as_text=True)[:500]
+    assert response.is_json and len(response.get_data()) < 4000
+    assert connected_client.get("/health").get_json()["status"] == "UP"
