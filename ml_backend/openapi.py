@@ -52,7 +52,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "The request body is over MAX_REQUEST_BYTES.",
         415: "Not a JSON body.",
         422: "A labeling config this backend cannot pre-annotate.",
-        503: "The model server (LLM_BASE_URL) cannot answer now.",
+        503: "The model server (LLM_BASE_URL), or for /report Label Studio's API, cannot answer now.",
     }
     return {str(code): {"description": reasons[code], "content": _json(_ref("Error"))} for code in codes}
 
@@ -74,6 +74,7 @@ def _project_query(description: str) -> dict[str, Any]:
         "required": False,
         "description": description,
         "schema": {"type": "string", "pattern": PROJECT_ID_PATTERN},
+        "example": "6",  # the project the /setup example connects
     }
 
 
@@ -304,7 +305,7 @@ def _report() -> dict[str, Any]:
             "responses": {
                 "200": {"description": "The report.", "content": {"text/html": {"schema": {"type": "string"}},
                                                                   "application/json": {"schema": {"type": "object"}}}},
-                **_errors(400, 401, 404, 405),
+                **_errors(400, 401, 404, 405, 503),
             },
         }
     }

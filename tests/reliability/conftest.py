@@ -50,7 +50,7 @@ class FuzzFigures:
     statuses: Counter = field(default_factory=Counter)
     per_operation: dict[str, Counter] = field(default_factory=dict)
     rejection_seconds: list[float] = field(default_factory=list)
-    server_errors: list[str] = field(default_factory=list)  # "POST /setup 500", bounded
+    server_errors: list[str] = field(default_factory=list)  # "POST /setup 500", bounded; 503s too
     healthy_after: bool | None = None
 
     def record(self, operation: str, status: int, seconds: float) -> None:
@@ -68,6 +68,7 @@ class FuzzFigures:
             "requests": requests,
             "requested": FUZZ_REQUESTS,
             "responses_5xx": sum(n for status, n in self.statuses.items() if status >= 500),
+            "responses_503": self.statuses.get(503, 0),  # an upstream (Label Studio, model server) unreachable
             "responses_4xx": len(self.rejection_seconds),
             "responses_2xx": sum(n for status, n in self.statuses.items() if 200 <= status < 300),
             "rejection_p50_ms": None if p50 is None else round(p50 * 1000, 1),
@@ -87,7 +88,8 @@ def fuzz_figures():
         return
     summary = figures.summary()
     _SUMMARY_LINES.append(
-        "reliability fuzz: {requests} requests, {responses_5xx} responses >= 500, {responses_4xx} rejections "
+        "reliability fuzz: {requests} requests, {responses_5xx} responses >= 500 ({responses_503} of them 503), "
+        "{responses_4xx} rejections "
         "(p50 {rejection_p50_ms} ms, p99 {rejection_p99_ms} ms), healthy after: {healthy_after}".format(**summary)
         + (f"; figures written to {FIGURES_JSON}" if FIGURES_JSON else "")
     )

@@ -243,3 +243,42 @@ def test_wrong_typed_webhook_fields_of_a_connected_project_get_no_server_error(c
     assert response.status_code < 500, response.get_data(as_text=True)[:500]
     assert response.is_json and len(response.get_data()) < 4000
     assert connected_client.get("/health").get_json()["status"] == "UP"
+
+
+@pytest.mark.parametrize("path", ["/versions?project=3", f"/versions?project={CONNECTED}",
+                                  "/preannotate/status?project=3", "/preannotate/status", "/metrics"])
+def test_reading_a_connected_project_without_label_studio_gets_no_server_error(connected_client, path):
+    response = connected_client.get(path)
+    assert response.status_code < 500, response.get_data(as_text=True)[:500]
+
+
+@pytest.mark.parametrize("hostname", [None, "http://127.0.0.1:9"], ids=["no_credentials", "connection_refused"])
+@pytest.mark.parametrize("query", ["", "&format=json"])
+def test_the_report_without_label_studio_is_a_503_that_says_what_to_check(connected_client, hostname, query):
+    """/report reads the reviewed tasks from Label Studio: unreachable, it is upstream's state, not a bug."""
+    if hostname:
+        setup = {"project": CONNECTED, "schema": SENTIMENT_EN, "hostname": hostname, "access_token": "t"}
+        assert connected_client.post("/setup", json=setup).status_code == 200
+    response = connected_client.get(f"/report?project=3{query}")
+    assert response.status_code == 503
+    body = response.get_json()
+    assert "Label Studio" in body["error"] and "LABEL_STUDIO_URL" in body["hint"]
+
+
+ODD_TASKS = [
+    {"id": "x", "data": {"text": 5}},
+    {"data": {"text": None}},
+    {"data": {}},
+    {},
+    {"id": 10**30, "data": {"text": "a"}},
+    {"id": True, "data": {"text": ["a", "b"]}},
+    {"id": 7, "data": {"text": {"nested": "object"}}},
+]
+
+
+@pytest.mark.parametrize("project", [CONNECTED, "3", None])
+def test_odd_tasks_of_a_connected_project_each_get_a_prediction(connected_client, project):
+    body = {"tasks": ODD_TASKS, "label_config": SENTIMENT_EN, **({"project": project} if project else {})}
+    response = connected_client.post("/predict", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert len(response.get_json()["results"]) == len(ODD_TASKS)

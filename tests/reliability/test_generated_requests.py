@@ -2,7 +2,9 @@
 
 Schemathesis generates bodies and query strings that fit the description and ones that do not
 (wrong types, missing keys, out-of-pattern ids). Whatever it sends, the backend must answer
-below 500, with a status and a body the description lists, and stay healthy. The number of
+below 500, with a status and a body the description lists, and stay healthy. The one 5xx
+allowed is a described 503 with its {"error", "hint"} body: no Label Studio runs here, and
+GET /report of a project /setup connected needs its API (counted apart in the figures). The number of
 requests is `RELIABILITY_FUZZ_REQUESTS` (tests/reliability/conftest.py), spread over every
 operation that takes input; operations without input are called once per phase.
 """
@@ -16,7 +18,6 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -28,7 +29,9 @@ from tests.reliability.conftest import FUZZ_REQUESTS
 
 pytestmark = pytest.mark.integration
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+# status_code_conformance: a 503 must be one the operation describes; response_schema_conformance: its body.
+CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
+UPSTREAM_UNAVAILABLE = 503
 
 
 def operations_with_input(description: dict) -> int:
@@ -63,6 +66,9 @@ def test_generated_requests_get_no_server_error(case, fuzz_figures):
     started = time.perf_counter()
     response = case.call(timeout=120)
     fuzz_figures.record(f"{case.method.upper()} {case.path}", response.status_code, time.perf_counter() - started)
+    assert response.status_code < 500 or response.status_code == UPSTREAM_UNAVAILABLE, (
+        f"{case.method.upper()} {case.path} answered {response.status_code}: {response.text[:300]}"
+    )
     case.validate_response(response, checks=CHECKS)
 
 
@@ -72,4 +78,5 @@ def test_the_server_is_healthy_after_the_generated_requests(live_backend, fuzz_f
     fuzz_figures.healthy_after = response.ok and response.json().get("status") == "UP"
     assert fuzz_figures.healthy_after
     assert sum(fuzz_figures.statuses.values()) > 0, "no generated request was sent"
-    assert fuzz_figures.summary()["responses_5xx"] == 0, fuzz_figures.server_errors
+    summary = fuzz_figures.summary()
+    assert summary["responses_5xx"] - summary["responses_503"] == 0, fuzz_figures.server_errors
