@@ -72,6 +72,21 @@ def test_generated_requests_get_no_server_error(case, fuzz_figures):
     case.validate_response(response, checks=CHECKS)
 
 
+def test_setup_naming_an_unreachable_label_studio_answers_and_webhooks_follow(live_backend):
+    """Label Studio gives /setup 3 s and a webhook 1 s: neither may wait for a Label Studio that
+    does not answer (the background job that needs it fails on its own)."""
+    config = openapi_description()["paths"]["/setup"]["post"]["requestBody"]["content"]["application/json"]["example"]
+    setup = {**config, "project": "41.1795457094", "hostname": "http://unreachable.invalid:8080"}
+    started = time.perf_counter()
+    response = requests.post(f"{live_backend}/setup", json=setup, timeout=30)
+    print(f"/setup with an unreachable Label Studio: {response.status_code} in {(time.perf_counter() - started) * 1000:.0f} ms")
+    assert response.status_code == 200 and response.json()["model_version"]
+    created = {"action": "TASKS_CREATED", "project": {"id": 41, "created_at": "2026-11-23T18:04:54Z"},
+               "tasks": [{"id": 1, "data": {"text": "a"}}]}
+    response = requests.post(f"{live_backend}/webhook", json=created, timeout=30)
+    assert response.status_code == 200 and response.json()["status"] == "queued"
+
+
 def test_the_server_is_healthy_after_the_generated_requests(live_backend, fuzz_figures):
     """Runs after the generated requests (pytest keeps file order): the same process still answers."""
     response = requests.get(f"{live_backend}/health", timeout=5)
