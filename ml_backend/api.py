@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, jsonify, request
 from ml_backend import openapi, telemetry
 from ml_backend.errors import BadRequest, NotFound
 from ml_backend.model import LLMBackend
-from ml_backend.model_store import is_label_studio_project
+from ml_backend.model_store import is_label_studio_id, is_label_studio_project
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +196,6 @@ def report():
     return current_app.response_class(_backend().report(project), mimetype="text/html")
 
 
-def _is_task_id(value: Any) -> bool:
-    """A Label Studio task id: a non-negative database integer (JSON true is not 1 here)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18
-
-
 def _bulk():
     bulk = _backend().bulk
     if bulk is None:
@@ -226,7 +221,7 @@ def preannotate():
     """Explicit trigger: pre-annotate a project, or a selection of its tasks, in the background."""
     body = _json_object()
     tasks = body.get("tasks")
-    if tasks is not None and (not isinstance(tasks, list) or not all(_is_task_id(t) for t in tasks)):
+    if tasks is not None and (not isinstance(tasks, list) or not all(is_label_studio_id(t) for t in tasks)):
         raise BadRequest("'tasks' must be a list of task ids.", hint='Send {"project": 3, "tasks": [1, 2]}.')
     project_id = _connected_project(body)
     enqueued = _bulk().trigger(project_id, tasks, reason="explicit")

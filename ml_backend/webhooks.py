@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ml_backend.config import Settings
 from ml_backend.errors import UnsupportedConfig
-from ml_backend.model_store import ModelStore
+from ml_backend.model_store import ModelStore, is_label_studio_id
 from ml_backend.profile import Profiles
 from ml_backend.publishing import Publisher
 from ml_backend.retraining import ANNOTATION_EVENTS, FORCE_EVENT, Retraining
@@ -63,7 +63,7 @@ class WebhookHandlers:
         if self.bulk is None or not self.settings.preannotate_auto or not project_key:
             return {"status": "ignored"}
         tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []  # client input: any type
-        task_ids = [t["id"] for t in tasks if isinstance(t, dict) and _is_task_id(t.get("id"))]
+        task_ids = [t["id"] for t in tasks if isinstance(t, dict) and is_label_studio_id(t.get("id"))]
         project = data.get("project")
         state = self.store.load(project_key)
         if not state.label_config and isinstance(project, dict) and isinstance(project.get("label_config"), str):
@@ -129,8 +129,3 @@ class WebhookHandlers:
             log.info("event=webhook_ignored action=START_TRAINING project=%s reason=%s", project_key, reason)
             return {"job": None, "status": "ignored", "reason": reason}
         return self.retraining.start(project_key)
-
-
-def _is_task_id(value: Any) -> bool:
-    """A Label Studio task id: a non-negative database integer (not a bool, not 10**30)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**18
