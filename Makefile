@@ -8,7 +8,7 @@ LS_VENV := .venv-ls
 PORT ?= 9090
 LABEL_STUDIO_VERSION := 1.23.2
 
-.PHONY: run worker test unit lint-imports bench install install-dev label-studio encoders system-deps stack-start stack-stop stack-status demo demo-stop screenshots e2e clean
+.PHONY: run worker test unit lint-imports soak bench install install-dev label-studio encoders system-deps stack-start stack-stop stack-status demo demo-stop screenshots e2e clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,15 @@ lint-imports: install-dev
 
 test: install-dev label-studio encoders
 	bash scripts/run_tests.sh
+
+# Reliability at the issue's size: 10,000+ requests generated from /openapi.json (schemathesis) against a
+# live gunicorn backend, plus the hand-written bad inputs; figures in benchmarks/results/reliability_soak.json.
+# `make test` runs the same tests with a few hundred requests.
+SOAK_REQUESTS ?= 10000
+soak: install-dev
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RELIABILITY_FUZZ_REQUESTS=$(SOAK_REQUESTS) \
+	RELIABILITY_FIGURES_JSON=benchmarks/results/reliability_soak.json \
+	$(VENV)/bin/python -m pytest tests/reliability -ra
 
 bench: install-dev label-studio encoders
 	bash scripts/run_benchmarks.sh

@@ -13,10 +13,10 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ml_backend import telemetry
+from ml_backend import openapi, telemetry
 from ml_backend.errors import BadRequest, NotFound
 from ml_backend.model import LLMBackend
-from ml_backend.model_store import is_label_studio_project
+from ml_backend.model_store import is_label_studio_id, is_label_studio_project
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,22 @@ def _backend() -> LLMBackend:
     return current_app.extensions["llm_backend"]
 
 
+def _parsed_body() -> Any:
+    """The JSON body, or None when it is not JSON (wrong content type, malformed, not UTF-8).
+
+    Flask's parser is recursive: a body nested thousands deep raises RecursionError, which is
+    the client's input, not our bug, so it is a 400 like any other malformed body."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequest(
+            "The request body is nested too deeply.",
+            hint="Label Studio's payloads are a few levels deep; send tasks as a flat list of objects.",
+        ) from None
+
+
 def _json_object() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    body = _parsed_body()
     if body is None:
         raise BadRequest(
             "The request body is not valid JSON.",
@@ -58,6 +72,8 @@ def setup():
     schema = body.get("schema")
     if not isinstance(schema, str):
         raise BadRequest("'schema' (the labeling config XML) is missing.", hint="Label Studio sends it on connect.")
+    _check_bounded(body, "hostname", MAX_HOSTNAME_CHARS, hint="Label Studio sends its own URL, e.g. http://localhost:8080.")
+    _check_bounded(body, "access_token", MAX_TOKEN_CHARS, hint="Label Studio sends the connecting user's API token.")
     extra_params = parse_extra_params(body.get("extra_params"), project=body.get("project"))
     version = _backend().setup(
         body.get("project"),
@@ -70,6 +86,15 @@ def setup():
 
 
 MAX_LOGGED_CHARS = 80  # client-supplied text is bounded before it reaches a log line
+MAX_HOSTNAME_CHARS = 2048  # a URL; /setup stores it in the project's state file
+MAX_TOKEN_CHARS = 4096  # Label Studio's tokens: 40 hex characters (legacy) or a JWT of a few hundred
+
+
+def _check_bounded(body: dict[str, Any], key: str, limit: int, *, hint: str) -> None:
+    """400 for a client string that would reach the disk unbounded (the state file keeps it)."""
+    value = body.get(key)
+    if isinstance(value, str) and len(value) > limit:
+        raise BadRequest(f"'{key}' is {len(value)} characters long, more than {limit}.", hint=hint)
 
 
 def parse_extra_params(raw: Any, *, project: Any = None) -> dict[str, Any] | None:
@@ -136,7 +161,7 @@ def webhook():
 @bp.post("/train")
 def train():
     """Legacy alias: older Label Studio versions and scripts POST here to start training."""
-    body = request.get_json(silent=True)
+    body = _parsed_body()
     body = body if isinstance(body, dict) else {}
     outcome = _backend().fit("START_TRAINING", body)
     return jsonify({"action": "START_TRAINING", **outcome}), 200
@@ -146,6 +171,12 @@ def train():
 def versions():
     project = request.args.get("project")
     return jsonify({"versions": _backend().versions(project), "slm_versions": _backend().slm_versions(project)})
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    """The OpenAPI description of every endpoint (`ml_backend.openapi`)."""
+    return jsonify(openapi.openapi_description())
 
 
 @bp.get("/metrics")
@@ -190,7 +221,7 @@ def preannotate():
     """Explicit trigger: pre-annotate a project, or a selection of its tasks, in the background."""
     body = _json_object()
     tasks = body.get("tasks")
-    if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, int) for t in tasks)):
+    if tasks is not None and (not isinstance(tasks, list) or not all(is_label_studio_id(t) for t in tasks)):
         raise BadRequest("'tasks' must be a list of task ids.", hint='Send {"project": 3, "tasks": [1, 2]}.')
     project_id = _connected_project(body)
     enqueued = _bulk().trigger(project_id, tasks, reason="explicit")

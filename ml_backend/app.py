@@ -19,7 +19,7 @@ from ml_backend.wiring import ClientFactory, Services, build_services
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
+MAX_LOGGED_PATH_CHARS = 120  # a client-chosen path is bounded before it reaches a log line
 
 
 def configure_logging(level: str) -> None:
@@ -45,8 +45,8 @@ def create_app(
         services = build_services(settings, runtime_loader=runtime_loader, client_factory=client_factory)
     log.info("event=job_runner kind=%s queue=%s", services.runner.kind, settings.rq_queue if settings.redis_url else "-")
 
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    app = Flask(__name__, static_folder=None)  # no static files: every route is in openapi.py
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes  # bigger bodies: 413 before they are read
     app.json.ensure_ascii = False
     app.extensions["llm_backend"] = services.service
     app.extensions["services"] = services
@@ -80,11 +80,24 @@ def _register_auth(app: Flask, settings: Settings) -> None:
         return None
 
 
+def _logged_path() -> str:
+    return request.path[:MAX_LOGGED_PATH_CHARS]
+
+
+# What to do about an HTTP error Werkzeug raises before or around a view (unknown route, wrong method, ...).
+_HTTP_HINTS = {
+    400: "Send a JSON object with Content-Type: application/json, encoded as UTF-8.",
+    404: "See GET /openapi.json for the endpoints.",
+    405: "See GET /openapi.json for each endpoint's methods.",
+    413: "Send fewer tasks per request, or raise MAX_REQUEST_BYTES.",
+}
+
+
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(BackendError)
     def backend_error(error: BackendError):
         log.warning(
-            "event=request_rejected path=%s status=%d error=%s", request.path, error.status_code, error.message[:300]
+            "event=request_rejected path=%s status=%d error=%s", _logged_path(), error.status_code, error.message[:300]
         )
         response = jsonify(error.to_json())
         response.status = f"{error.status_code} {error.reason}"  # what Label Studio's UI shows (errors.py)
@@ -94,11 +107,20 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
-        response = jsonify({"error": error.name, "hint": error.description or ""})
-        response.status_code = error.code or 500
+        """Werkzeug's errors (404, 405, 413, ...) in our JSON shape, keeping their headers (405's Allow)."""
+        code = error.code or 500
+        hint = _HTTP_HINTS.get(code, error.description or "")
+        if code == 413:
+            hint = f"The body is over {app.config['MAX_CONTENT_LENGTH']} bytes. {hint}"
+        log.warning("event=request_rejected path=%s status=%d error=%s", _logged_path(), code, error.name)
+        response = jsonify({"error": error.name, "hint": hint})
+        response.status_code = code
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
         return response
 
     @app.errorhandler(Exception)
     def unexpected_error(error: Exception):
-        log.exception("event=internal_error path=%s", request.path)
+        log.exception("event=internal_error path=%s", _logged_path())
         return jsonify({"error": "Internal error in the ML backend.", "hint": "See the backend's log."}), 500

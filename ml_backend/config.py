@@ -232,6 +232,12 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "ls-llm-backend",
         description="Where the embedded default GGUF is assembled once (and encoders, embeddings).",
     )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (bytes); a bigger one is answered 413 before it is read "
+        "(Label Studio's largest /predict, every selected task in one body, stays well under the default).",
+    )
     log_level: str = Field("INFO", description="Python log level.")
     basic_auth_user: str | None = Field(None, description="If set with BASIC_AUTH_PASS, require HTTP basic auth.")
     basic_auth_pass: str | None = Field(None, description="Password for BASIC_AUTH_USER.")

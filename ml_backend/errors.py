@@ -67,6 +67,14 @@ class ModelServerUnavailable(BackendError):
     status_code = 503
 
 
+class LabelStudioUnreachable(BackendError):
+    """A request needed Label Studio's API (GET /report reads the reviewed tasks) and could not
+    use it: no URL/token known for the project, Label Studio down or too slow, or it refused the
+    token. Like the model server: not our bug and not the request's input, so 503."""
+
+    status_code = 503
+
+
 class ModelServerUnsupported(BackendError):
     """The model server answers but cannot give what label scoring needs (log-probabilities):
     scores would be constant, so the backend refuses at /setup instead (Label Studio shows it)."""

@@ -12,6 +12,7 @@ write through `predictions.create`, one request per prediction).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from ml_backend.config import Settings
+from ml_backend.errors import LabelStudioUnreachable
 from ml_backend.model_store import ProjectState, ls_project_id
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,29 @@ class TaskRecord:
 
     def as_task(self) -> dict[str, Any]:
         return {"id": self.id, "data": self.data}
+
+
+@contextlib.contextmanager
+def answering_for_label_studio(project_key: str) -> Iterator[None]:
+    """Inside a request (not a job, which retries): a failure to use Label Studio's API becomes
+    the typed 503 `LabelStudioUnreachable`, with what to check, instead of an unexplained 500."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        yield
+    except LabelStudioUnavailable as exc:
+        raise LabelStudioUnreachable(
+            str(exc), hint="Set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or reconnect the model in the project's settings."
+        ) from None
+    except (httpx.HTTPError, ApiError, OSError) as exc:
+        status = getattr(exc, "status_code", None)
+        log.warning("event=label_studio_unreachable project=%s error=%s status=%s", project_key, type(exc).__name__, status)
+        raise LabelStudioUnreachable(
+            f"Label Studio did not answer for project {project_key} ({type(exc).__name__}"
+            + (f", HTTP {status})." if status else ")."),
+            hint="Check that Label Studio is up at the URL /setup sent (or LABEL_STUDIO_URL) and that its token is valid.",
+        ) from None
 
 
 def credentials(settings: Settings, state: ProjectState) -> tuple[str, str]:

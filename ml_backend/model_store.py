@@ -146,6 +146,12 @@ def project_key_of(project: Any) -> str | None:
     raise InvalidProjectId(f"not a Label Studio project id: {_shown(project)}")
 
 
+def is_label_studio_id(value: Any) -> bool:
+    """A Label Studio database id (a task's, an annotation's): a non-negative integer of at most
+    MAX_ID_DIGITS digits; JSON `true` is not 1 here, and 10**30 is client noise, not an id."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**MAX_ID_DIGITS
+
+
 def _key_of_project_object(project: dict[str, Any]) -> str | None:
     """A webhook's project object: its id plus `created_at` (ISO 8601) as Label Studio's timestamp."""
     base = project_key_of(project.get("id"))

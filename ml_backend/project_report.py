@@ -17,6 +17,7 @@ from typing import Any, Callable
 from ml_backend.errors import BadRequest, NotFound
 from ml_backend.human_labels import combine_annotations
 from ml_backend.label_config import Target
+from ml_backend.ls_client import answering_for_label_studio
 from ml_backend.model_store import ModelStore, ProjectState
 from ml_backend.profile import Profiles
 from ml_backend.report import ThresholdReport, build_report, coverage_png, reliability_png, report_html, summary_lines
@@ -71,8 +72,8 @@ class ProjectReports:
         if target is None:
             raise BadRequest("The report needs a single-choice <Choices> in the labeling config.",
                              hint="NER projects: see the NER benchmark in the README.")
-        tasks = self.client_of(state).tasks(annotations=True)
-        reviewed = reviewed_outcomes(tasks, target)
+        with answering_for_label_studio(project_key):  # the pages are read lazily: read them all in here
+            reviewed = reviewed_outcomes(self.client_of(state).tasks(annotations=True), target)
         if not reviewed.confidence:
             raise NotEnoughReviews("No reviewed task yet: the report compares pre-annotations with human labels.",
                                    hint="Label a few tasks in Label Studio (or import annotations), then reload.")

@@ -32,7 +32,7 @@ from ml_backend.config import Settings
 from ml_backend.human_labels import is_automatic
 from ml_backend.jobs import Enqueued, JobRunner
 from ml_backend.kv import KV
-from ml_backend.model_store import ModelStore
+from ml_backend.model_store import ModelStore, is_label_studio_id
 from ml_backend.project_settings import effective
 from ml_backend.slm_model import ModelFormatError, list_versions, serving_manifest, version_summary
 
@@ -54,10 +54,11 @@ def annotation_ids(action: str, data: dict[str, Any]) -> list[str]:
     annotation = data.get("annotation")
     if isinstance(annotation, dict):
         found.append(annotation.get("id"))
-    for item in data.get("annotations") or []:
+    annotations = data.get("annotations")
+    for item in annotations if isinstance(annotations, list) else []:  # client input: any type
         if isinstance(item, dict):
             found.append(item.get("id"))
-    ids = [str(i) for i in found if isinstance(i, int) and not isinstance(i, bool)][:1000]
+    ids = [str(i) for i in found if is_label_studio_id(i)][:1000]
     return ids or [f"t{time.time_ns()}"]
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ml_backend.config import Settings
 from ml_backend.errors import UnsupportedConfig
-from ml_backend.model_store import ModelStore
+from ml_backend.model_store import ModelStore, is_label_studio_id
 from ml_backend.profile import Profiles
 from ml_backend.publishing import Publisher
 from ml_backend.retraining import ANNOTATION_EVENTS, FORCE_EVENT, Retraining
@@ -62,7 +62,8 @@ class WebhookHandlers:
         """Imports: pre-annotate the new tasks in the background (the webhook must answer in < 1 s)."""
         if self.bulk is None or not self.settings.preannotate_auto or not project_key:
             return {"status": "ignored"}
-        task_ids = [t["id"] for t in data.get("tasks") or [] if isinstance(t, dict) and isinstance(t.get("id"), int)]
+        tasks = data.get("tasks") if isinstance(data.get("tasks"), list) else []  # client input: any type
+        task_ids = [t["id"] for t in tasks if isinstance(t, dict) and is_label_studio_id(t.get("id"))]
         project = data.get("project")
         state = self.store.load(project_key)
         if not state.label_config and isinstance(project, dict) and isinstance(project.get("label_config"), str):
