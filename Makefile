@@ -101,7 +101,7 @@ test: install-dev label-studio encoders
 # `make test` runs the same tests with a few hundred requests.
 SOAK_REQUESTS ?= 10000
 soak: install-dev
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RELIABILITY_FUZZ_REQUESTS=$(SOAK_REQUESTS) \
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RELIABILITY_FUZZ_REQUESTS=$(SOAK_REQUESTS) RELIABILITY_AUTH_HEADERS=2000 \
 	RELIABILITY_FIGURES_JSON=benchmarks/results/reliability_soak.json \
 	$(VENV)/bin/python -m pytest tests/reliability -ra
 

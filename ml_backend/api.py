@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ml_backend import openapi, telemetry
+from ml_backend import openapi, security, telemetry
 from ml_backend.errors import BadRequest, NotFound
 from ml_backend.model import LLMBackend
 from ml_backend.model_store import is_label_studio_id, is_label_studio_project
@@ -74,6 +74,7 @@ def setup():
         raise BadRequest("'schema' (the labeling config XML) is missing.", hint="Label Studio sends it on connect.")
     _check_bounded(body, "hostname", MAX_HOSTNAME_CHARS, hint="Label Studio sends its own URL, e.g. http://localhost:8080.")
     _check_bounded(body, "access_token", MAX_TOKEN_CHARS, hint="Label Studio sends the connecting user's API token.")
+    _check_callback_url(body.get("hostname"))
     extra_params = parse_extra_params(body.get("extra_params"), project=body.get("project"))
     version = _backend().setup(
         body.get("project"),
@@ -95,6 +96,16 @@ def _check_bounded(body: dict[str, Any], key: str, limit: int, *, hint: str) -> 
     value = body.get(key)
     if isinstance(value, str) and len(value) > limit:
         raise BadRequest(f"'{key}' is {len(value)} characters long, more than {limit}.", hint=hint)
+
+
+def _check_callback_url(hostname: Any) -> None:
+    """400 for a `hostname` that is not an http(s) URL: the backend calls it back with the access
+    token (Label Studio's protocol), so it must never be a file:// or other scheme."""
+    if isinstance(hostname, str) and hostname and not security.is_callback_url(hostname):
+        raise BadRequest(
+            "'hostname' must be an http:// or https:// URL.",
+            hint="Label Studio sends its own URL, e.g. http://localhost:8080 (its LABEL_STUDIO_HOST setting).",
+        )
 
 
 def parse_extra_params(raw: Any, *, project: Any = None) -> dict[str, Any] | None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import hmac
 import logging
 from typing import Callable
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ml_backend import security
 from ml_backend.api import bp
 from ml_backend.config import Settings
 from ml_backend.errors import BackendError, Unauthorized
@@ -62,17 +61,41 @@ def services_of(app: Flask) -> Services:
     return app.extensions["services"]
 
 
+AUTH_EXEMPT_PATHS = ("/health", "/")  # Label Studio's health check; both answer only {"status", "model_class", "model_loaded"}
+WEBHOOK_PATHS = ("/webhook", "/train")  # what Label Studio's webhooks (and the legacy training call) reach
+
+
 def _register_auth(app: Flask, settings: Settings) -> None:
-    if not (settings.basic_auth_user and settings.basic_auth_pass):
+    """Basic auth on every route but the health check (when BASIC_AUTH_USER/PASS are set), and the
+    webhook secret on the webhook routes (when WEBHOOK_SECRET is set).
+
+    A webhook is let in by the secret alone: Label Studio's webhook form adds headers, so a user
+    who also runs basic auth cannot send both in one `Authorization` header. It is also let in by
+    valid basic auth: *Start Training* reaches `/webhook` through the model connection, which sends
+    the connection's basic auth but no webhook headers."""
+    basic_auth = bool(settings.basic_auth_user and settings.basic_auth_pass)
+    webhook_secret = settings.webhook_secret or None
+    if not (basic_auth or webhook_secret):
         return
-    expected = base64.b64encode(f"{settings.basic_auth_user}:{settings.basic_auth_pass}".encode()).decode()
+
+    def basic_auth_ok() -> bool:
+        return security.basic_auth_matches(
+            request.headers.get("Authorization"), settings.basic_auth_user or "", settings.basic_auth_pass or ""
+        )
 
     @app.before_request
-    def require_basic_auth():
-        if request.path in ("/health", "/"):
+    def require_credentials():
+        if request.path in AUTH_EXEMPT_PATHS:
             return None
-        header = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(header, f"Basic {expected}"):
+        if webhook_secret and request.path in WEBHOOK_PATHS:
+            if security.webhook_secret_matches(request.headers, webhook_secret) or (basic_auth and basic_auth_ok()):
+                return None
+            raise Unauthorized(
+                "Webhook secret missing or wrong.",
+                hint=f"In Label Studio's webhook settings add the header {security.WEBHOOK_SECRET_HEADER} "
+                "(or Authorization: Bearer ...) with the value of WEBHOOK_SECRET.",
+            )
+        if basic_auth and not basic_auth_ok():
             raise Unauthorized(
                 "Authentication required.",
                 hint="Set the basic auth user and password in Label Studio's model connection settings.",

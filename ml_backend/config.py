@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         "e.g. http://gpu-box:8000; set: label scores come from its logprobs, no model loads in-process. "
         "LLM_MODEL then names the served model ('default': the server's only one).",
     )
-    llm_api_key: str | None = Field(None, description="Bearer token for LLM_BASE_URL (vLLM --api-key).")
+    llm_api_key: str | None = Field(None, repr=False, description="Bearer token for LLM_BASE_URL (vLLM --api-key).")
     llm_chat_template: Path | None = Field(
         None,
         description="With LLM_BASE_URL: a .gguf, Hugging Face model directory or Jinja file holding the served "
@@ -122,7 +122,7 @@ class Settings(BaseSettings):
 
     # --- Label Studio ----------------------------------------------------------
     label_studio_url: str | None = Field(None, description="Label Studio base URL for API calls.")
-    label_studio_api_key: str | None = Field(None, description="Label Studio legacy API token.")
+    label_studio_api_key: str | None = Field(None, repr=False, description="Label Studio legacy API token.")
     label_studio_offsets: Literal["codepoint", "utf16"] = Field(
         "codepoint",
         description="Unit of NER span offsets: code points (Label Studio 1.23.2) or UTF-16 units (older versions).",
@@ -240,7 +240,14 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Python log level.")
     basic_auth_user: str | None = Field(None, description="If set with BASIC_AUTH_PASS, require HTTP basic auth.")
-    basic_auth_pass: str | None = Field(None, description="Password for BASIC_AUTH_USER.")
+    # secrets: repr=False keeps them out of any printed or logged Settings
+    basic_auth_pass: str | None = Field(None, repr=False, description="Password for BASIC_AUTH_USER.")
+    webhook_secret: str | None = Field(
+        None,
+        repr=False,
+        description="If set, /webhook and /train require it in an X-Webhook-Secret (or Authorization: Bearer) "
+        "header, which Label Studio's webhook form can add (or valid basic auth, which Start Training sends).",
+    )
     prometheus_multiproc_dir: Path | None = Field(
         None, description="Where gunicorn's workers write their /metrics values (emptied at start; default: a "
         "fresh temporary folder). prometheus-client's own variable: gunicorn_conf sets it for the workers.",

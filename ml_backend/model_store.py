@@ -36,6 +36,9 @@ _LEGACY_EXTRA_FIELDS = {
 }
 
 
+PRIVATE_FOLDER_MODE = 0o700  # project folders: their state files hold Label Studio tokens
+
+
 class InvalidProjectState(ValueError):
     """A state file that does not hold a valid project state (hand-edited, or from a newer version)."""
 
@@ -52,7 +55,7 @@ class ProjectState:
     prompt_variant: dict[str, Any] | None = None  # chosen on a dev set (`prompt_choice`)
     triggered_version: str | None = None  # the last version whose pre-annotation was started
     label_studio_url: str | None = None  # /setup's hostname, when LABEL_STUDIO_URL is not set
-    label_studio_token: str | None = None  # /setup's access_token, when LABEL_STUDIO_API_KEY is not set
+    label_studio_token: str | None = field(default=None, repr=False)  # /setup's access_token, when LABEL_STUDIO_API_KEY is not set
     slm_version: str | None = None  # the trained small model serving this project (training loop)
     # per-project settings from the connection's extra params (`project_settings`), e.g. {"training_auto": False}
     project_settings: dict[str, Any] = field(default_factory=dict)
@@ -298,13 +301,27 @@ class ModelStore:
     @contextlib.contextmanager
     def _locked(self, project_key: str) -> Iterator[None]:
         lock_path = self._path(project_key).with_name("state.json.lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self._private_folder(lock_path.parent)
         with self._lock, open(lock_path, "a+") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _private_folder(self, folder: Path) -> None:
+        """Create `folder` and the project folders above it (up to the store's root) readable by
+        this user only: a state file holds the Label Studio token /setup sent (the file itself is
+        0600, from `tempfile.mkstemp`; `os.replace` keeps that mode). A folder an older version
+        created with the umask's mode is narrowed too. The root, if it exists, is left as it is."""
+        self.root.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
+        below_root = folder.relative_to(self.root).parts
+        current = self.root
+        for part in below_root:
+            current = current / part
+            current.mkdir(mode=PRIVATE_FOLDER_MODE, exist_ok=True)
+            if current.stat().st_mode & 0o077:
+                os.chmod(current, PRIVATE_FOLDER_MODE)
 
     @staticmethod
     def _read(path: Path, project_key: str) -> ProjectState:
@@ -328,6 +345,7 @@ class ModelStore:
                 return None
             state = self._read(legacy, project_key)
             state.triggered_version = None
+            self._private_folder(self._path(project_key).parent)
             atomic_write_text(self._path(project_key), state.to_json())
             os.replace(legacy, legacy.with_name("state.json.migrated"))
         log.info("event=state_migrated from=%s to=%s", legacy, project_key)

@@ -46,7 +46,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     """The JSON error answers an endpoint can give (errors.py: every 4xx/5xx is {"error","hint"})."""
     reasons = {
         400: "The body or a parameter does not have the shape Label Studio sends.",
-        401: "Basic auth is configured and missing or wrong.",
+        401: "Basic auth is configured and missing or wrong (on /webhook and /train: the webhook secret).",
         404: "Unknown project, or background pre-annotation is off.",
         405: "Method not allowed on this path.",
         413: "The request body is over MAX_REQUEST_BYTES.",
@@ -166,8 +166,12 @@ def _setup() -> dict[str, Any]:
         "properties": {
             "project": _ref("ProjectId"),
             "schema": {"type": "string", "description": "The labeling config XML."},
-            "hostname": {"type": ["string", "null"]},
-            "access_token": {"type": ["string", "null"]},
+            "hostname": {
+                "type": ["string", "null"],
+                "description": "Label Studio's URL, http:// or https:// (anything else: 400); the backend calls it "
+                "back with `access_token` to read tasks and write predictions.",
+            },
+            "access_token": {"type": ["string", "null"], "description": "Kept in the project's state file (mode 0600)."},
             "extra_params": {
                 "description": "The connection's extra params: a JSON object, or its text (the UI sends a string).",
                 "oneOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}],

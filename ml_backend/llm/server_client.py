@@ -168,6 +168,12 @@ class ServerClient:
                 if response.status_code < 400:
                     self.breaker.record_success()
                     return response.json()
+                if response.status_code in (401, 403):  # the key, not the request: no task can be scored
+                    self.breaker.record_success()
+                    raise ModelServerUnavailable(
+                        f"The model server at {self.base_url} refused the API key (HTTP {response.status_code}).",
+                        hint="Set LLM_API_KEY to the key the server expects (vLLM's --api-key).",
+                    )
                 if response.status_code not in RETRYABLE_STATUS:
                     self.breaker.record_success()  # the server is up; the request is wrong
                     raise HTTPStatusRejected(response.status_code, response.text)
