@@ -159,11 +159,13 @@ class TrainingRun:
         # What this run saw, whatever it decides: the reconciliation sweep compares Label Studio's
         # count with it, so a run that skips or fails on these annotations is not started again.
         self._report(annotations_seen=annotations_total)
+        for task in tasks:  # auto-accepted annotations are the models' own labels, never a human one
+            task.annotations = human_annotations(task.annotations)
+        # Over the human annotations only: an auto-accept pass (which Label Studio's count sees)
+        # is no reason to train again.
         fingerprint = annotations_fingerprint((task.id, task.annotations) for task in tasks)
         if not self.forced and self._serving_is_current(state, profile, target, fingerprint):
             raise NothingToTrain("no annotation changed since the serving version was trained")
-        for task in tasks:  # auto-accepted annotations are the models' own labels, never a human one
-            task.annotations = human_annotations(task.annotations)
         if target.kind == "labels":
             return self._run_ner(profile, target, tasks, fingerprint, annotations_total)
         texts = [target_text(task.as_task(), target) for task in tasks]
