@@ -85,7 +85,8 @@ def training_due(view: ProjectView) -> str | None:
     * a record queued or running with no live job: the run was lost;
     * `TRAIN_MIN_NEW_ANNOTATIONS` events pending (recorded, then the enqueue or the job was lost);
     * Label Studio counts at least that many annotations more or fewer than the last run saw
-      (webhooks that never arrived or could not be recorded).
+      (webhooks that never arrived or could not be recorded; asked on a process's first sweep and
+      after deferred webhooks, not every minute: auto-accepted annotations also change the count).
     Automatic training only (`TRAINING_AUTO`); a lost Start Training press counts as pending events.
     """
     if not view.connected or not view.trainable or view.training_live:
@@ -151,6 +152,9 @@ class Reconciler:
         self.progress = ProgressStore(kv)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # Ask Label Studio for annotation counts only when webhooks may have been missed: on this
+        # process's first sweep (it was down, or new) and after webhooks were deferred.
+        self._count_annotations = True
 
     # --- the sweep ---------------------------------------------------------------------------------
     def sweep(self) -> SweepSummary:
@@ -160,6 +164,7 @@ class Reconciler:
         summary = SweepSummary()
         try:
             summary.replayed = self.webhooks.replay_deferred()
+            self._count_annotations |= summary.replayed > 0
             for project_key in self.store.project_keys():
                 summary.projects += 1
                 try:
@@ -170,6 +175,7 @@ class Reconciler:
                     summary.errors += 1
                     log.warning("event=reconcile_project_failed project=%s error=%s", project_key,
                                 f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300])
+            self._count_annotations = summary.errors > 0  # a project Label Studio did not answer: ask again
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
@@ -189,7 +195,7 @@ class Reconciler:
         if reason is not None and self.bulk is not None:
             self.bulk.trigger(project_key, None, reason=f"reconcile_{reason}")
             summary.preannotation += 1
-        if needs_drift(view):
+        if self._count_annotations and needs_drift(view):
             view = self._with_drift(view)
         reason = training_due(view)
         if reason is not None:

@@ -211,3 +211,23 @@ def test_a_webhook_answers_200_at_once_when_the_real_redis_client_cannot_connect
     answer = client.post("/webhook", json={"action": "TASKS_CREATED", "tasks": [{"id": 3}], "project": {"id": 5}})
     assert answer.status_code == 200 and answer.json["status"] == "deferred"
     assert len(services_of(app).webhooks.deferred) == 2
+
+
+def test_label_studio_is_asked_for_counts_on_the_first_sweep_and_after_deferred_webhooks(settings, keyword_runtime):
+    """Auto-accepted annotations change Label Studio's count too: a count every minute would
+    start runs for them, so it is asked only when webhooks may have been missed."""
+    settings = _settings(settings)
+    fake = FakeLabelStudio.with_texts([_review(i)[0] for i in range(40)])
+    asked = []
+    count = fake.annotation_count
+    fake.annotation_count = lambda: asked.append(1) or count()
+    services = _process(settings, keyword_runtime, fake)
+    client = create_app(services=services).test_client()
+    client.post("/setup", json={"project": PROJECT, "schema": SENTIMENT_EN})
+    assert services.runner.wait_idle(30)
+    services.reconciler.sweep()
+    services.reconciler.sweep()
+    assert len(asked) == 1  # the first sweep only
+    services.webhooks.deferred.add("ANNOTATION_CREATED", {"annotation": {"id": 99}, "project": {"id": 5}})
+    services.reconciler.sweep()
+    assert len(asked) == 2
