@@ -4,7 +4,8 @@
    pre-annotation and started again; nobody calls /setup, yet every task gets its prediction,
    none twice (the start-up sweep, `ml_backend.reconcile`).
 2. Redis down during a burst of annotation webhooks: each answers 200 ("deferred"), and when
-   Redis is back the sweep replays them: the project's training run is queued with every event.
+   Redis is back the sweep replays them: one training run is queued with every event, and the
+   version an rq worker trains from it has learned every annotation made during the outage.
 
 No timing assertions: the latencies and the resumption time are printed as figures (README,
 "Reliability"). Sizes: RECONCILE_TEST_TASKS (60) and REDIS_OUTAGE_S (5); `make soak` raises them.
@@ -27,7 +28,7 @@ from scripts import stack
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 from tests.integration.backend_status import preannotation_status, versions_per_task, wait_for
 from tests.integration.conftest import LS_TOKEN, free_port, require, stop, wait_until
-from tests.integration.services import backend_process, kill_hard, start_backend
+from tests.integration.services import backend_process, kill_hard, start_backend, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -122,6 +123,7 @@ def test_webhooks_while_redis_is_down_answer_200_and_are_reconciled_when_it_retu
 
     server = RedisServer(tmp_path)
     server.start()
+    worker = None
     env = {
         "MODEL_DIR": str(tmp_path / "store"), "CACHE_DIR": str(model_cache_dir), "REDIS_URL": server.url,
         "RQ_QUEUE": f"outage-{time.time_ns()}", "LABEL_STUDIO_URL": label_studio, "LABEL_STUDIO_API_KEY": LS_TOKEN,
@@ -167,18 +169,30 @@ def test_webhooks_while_redis_is_down_answer_200_and_are_reconciled_when_it_retu
                                 what="a training run queued")
             recorded = {e.split(":", 1)[1] for e in store.smembers(events_key)}
             queued_runs = [job for job in store.lrange(f"rq:queue:{env['RQ_QUEUE']}", 0, -1)]
+
+            # An rq worker takes the run: the version it trains reads the annotations from Label Studio.
+            worker = start_worker(env, tmp_path / "worker.log")
+            versions = wait_for(lambda: requests.get(f"{url}/versions", params={"project": key}, timeout=10).json(),
+                                lambda v: any(s.get("current") for s in v["slm_versions"]), timeout=600,
+                                what="the version trained after the outage")
+            (trained,) = [s for s in versions["slm_versions"] if s.get("current")]
     finally:
+        if worker is not None:
+            kill_hard(worker)
         server.kill()
 
     latencies.sort()
     missing = [a for a in created if str(a) not in recorded]
+    missing_from_version = len(created) - trained["counts"]["annotations_total"]
     _figure("redis_outage", webhooks=len(answers), outage_s=OUTAGE_S,
             statuses=dict(Counter(status for status, _ in answers)),
             p50_ms=round(1000 * latencies[len(latencies) // 2], 1), max_ms=round(1000 * latencies[-1], 1),
-            seconds_to_reconcile=round(reconciled_s, 1), annotations_missing_from_training=len(missing),
+            seconds_to_reconcile=round(reconciled_s, 1), annotations_missing_from_events=len(missing),
+            annotations_missing_from_trained_version=missing_from_version,
             training_runs_queued=len(queued_runs))
     assert {status for status, _ in answers} == {200}
     assert all(body["status"] == "deferred" and body["queued"] is False for _, body in answers)
     assert not missing  # every annotation made during the outage is in the run's events
     assert training["pending_events"] >= len(created)
     assert len(queued_runs) == 1  # several sweeps and the replay: one run
+    assert missing_from_version == 0 and trained["counts"]["human_labels"] == len(created)
