@@ -98,12 +98,15 @@ test: install-dev label-studio encoders
 
 # Reliability at the issue's size: 10,000+ requests generated from /openapi.json (schemathesis) against a
 # live gunicorn backend, plus the hand-written bad inputs; figures in benchmarks/results/reliability_soak.json.
-# `make test` runs the same tests with a few hundred requests.
+# `make test` runs the same tests with a few hundred requests. Then the restart and Redis-outage
+# reconciliation at the issue's size (300 tasks killed mid-job; Redis down 30 s under 100 webhooks).
 SOAK_REQUESTS ?= 10000
 soak: install-dev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RELIABILITY_FUZZ_REQUESTS=$(SOAK_REQUESTS) RELIABILITY_AUTH_HEADERS=2000 \
 	RELIABILITY_FIGURES_JSON=benchmarks/results/reliability_soak.json \
 	$(VENV)/bin/python -m pytest tests/reliability -ra
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RECONCILE_TEST_TASKS=300 REDIS_OUTAGE_S=30 REDIS_OUTAGE_WEBHOOKS=100 \
+	$(VENV)/bin/python -m pytest tests/integration/test_reconciliation.py -ra -rP
 
 bench: install-dev label-studio encoders
 	bash scripts/run_benchmarks.sh

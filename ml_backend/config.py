@@ -135,6 +135,18 @@ class Settings(BaseSettings):
         "background worker runs the same jobs (one gunicorn worker then).",
     )
     rq_queue: str = Field("ls-llm-backend", description="rq queue name that `rq worker` must listen on.")
+    redis_connect_timeout_s: float = Field(
+        0.25, gt=0, le=30, description="Connect timeout of the web process's Redis calls (seconds): with Redis "
+        "down, a webhook still answers inside Label Studio's 1 s (its event is reconciled later).",
+    )
+    redis_socket_timeout_s: float = Field(
+        0.5, gt=0, le=60, description="Read/write timeout of the web process's Redis calls (seconds); one "
+        "immediate retry, no backoff.",
+    )
+    reconcile_interval_s: float = Field(
+        60.0, ge=0, description="Every this many seconds each web process re-enqueues unfinished pre-annotation "
+        "and due training (also once at start-up; lost jobs, deferred webhooks); 0 = never.",
+    )
     job_timeout_s: int = Field(6 * 3600, ge=10, description="A job running longer than this is stopped (seconds).")
     job_retries: int = Field(3, ge=0, description="Retries of a failed job.")
     job_retry_backoff_s: int = Field(

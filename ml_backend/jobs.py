@@ -351,8 +351,13 @@ class RqRunner(JobRunner):
             raise TypeError("RqRunner needs the Redis store (REDIS_URL)")
         import redis
 
-        # rq stores pickled bytes: its connection must not decode responses.
-        self.connection = redis.Redis.from_url(settings.redis_url)
+        from ml_backend.kv import redis_timeouts
+
+        # rq stores pickled bytes: its connection must not decode responses. Short timeouts: an
+        # enqueue from a webhook fails fast while Redis is down (the event is reconciled later).
+        self.connection = redis.Redis.from_url(
+            settings.redis_url, **redis_timeouts(settings.redis_connect_timeout_s, settings.redis_socket_timeout_s)
+        )
         self.queue = Queue(settings.rq_queue, connection=self.connection)
 
     def _submit(self, job_id, func_path, args, coalesce_key):

@@ -185,10 +185,16 @@ class RedisKV(KV):
         self._release = client.register_script(_RELEASE)
 
     @classmethod
-    def from_url(cls, url: str) -> "RedisKV":
+    def from_url(cls, url: str, *, connect_timeout_s: float | None = None,
+                 socket_timeout_s: float | None = None) -> "RedisKV":
+        """With timeouts (the web process): a call to a Redis that is down fails within them,
+        retried once at once (a pooled connection broken by a Redis restart reconnects), never
+        with redis-py's default backoff of seconds: a webhook must answer inside 1 s."""
         import redis
 
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+        if connect_timeout_s is None and socket_timeout_s is None:
+            return cls(redis.Redis.from_url(url, decode_responses=True))
+        return cls(redis.Redis.from_url(url, decode_responses=True, **redis_timeouts(connect_timeout_s, socket_timeout_s)))
 
     @staticmethod
     def _ms(ttl_s: float | None) -> int | None:
@@ -251,8 +257,32 @@ class RedisKV(KV):
         return int(self.client.hincrby(key, field, amount))
 
 
+def redis_timeouts(connect_timeout_s: float | None, socket_timeout_s: float | None) -> dict:
+    """redis-py connection options: these timeouts, one immediate retry on a connection error."""
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+
+    return {"socket_connect_timeout": connect_timeout_s, "socket_timeout": socket_timeout_s,
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError, RedisTimeoutError)),
+            "retry_on_timeout": False}
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the shared store (Redis) cannot be reached now (refused, timed out, reset):
+    the caller keeps the work for a later reconciliation instead of failing the request."""
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    return isinstance(exc, (RedisConnectionError, RedisTimeoutError))
+
+
 def kv_from_settings(settings) -> KV:
-    """Redis when REDIS_URL is set, else a new in-process store."""
+    """Redis when REDIS_URL is set (with the short timeouts of REDIS_*_TIMEOUT_S), else a new in-process store."""
     if settings.redis_url:
-        return RedisKV.from_url(settings.redis_url)
+        return RedisKV.from_url(settings.redis_url, connect_timeout_s=settings.redis_connect_timeout_s,
+                                socket_timeout_s=settings.redis_socket_timeout_s)
     return MemoryKV()

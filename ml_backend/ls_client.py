@@ -207,6 +207,12 @@ class ProjectClient:
     def model_version(self) -> str | None:
         return self.sdk.projects.get(id=self.project_id).model_version or None
 
+    def annotation_count(self) -> int | None:
+        """Label Studio's `total_annotations_number` of the project (one request): what the
+        reconciliation compares with the annotations the serving version learned from."""
+        total = getattr(self.sdk.projects.get(id=self.project_id), "total_annotations_number", None)
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
+
     def set_model_version(self, version: str) -> None:
         """Point the project (uncertainty sampling, the labeling UI) at `version`."""
         self.sdk.projects.update(id=self.project_id, model_version=version)

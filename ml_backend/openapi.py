@@ -243,7 +243,9 @@ def _webhook() -> dict[str, Any]:
             "requestBody": _body(body, example={"action": "PROJECT_UPDATED", "project": {"id": 6}}),
             "responses": {
                 **_ok("What the event led to.", {
-                    "type": "object", "properties": {"action": {"type": "string"}, "status": {"type": "string"}},
+                    "type": "object", "properties": {"action": {"type": "string"}, "status": {
+                        "type": "string", "description": "e.g. queued, waiting, ignored; deferred: the job queue "
+                        "(Redis) was unreachable, the event is kept and reconciled when it returns"}},
                     "required": ["action"],
                 }),
                 **_errors(*_BODY_ERRORS),

@@ -108,6 +108,10 @@ class Retraining:
         self.kv.sadd(keys.training_events(project_key), [f"{FORCE_EVENT}:{time.time_ns()}"])
         return self._enqueue(project_key, reason=reason)
 
+    def reconcile(self, project_key: str, *, reason: str) -> dict[str, Any]:
+        """A run the reconciliation sweep found due (a lost run, lost or unrecorded events)."""
+        return self._enqueue(project_key, reason=reason)
+
     def _enqueue(self, project_key: str, *, reason: str) -> dict[str, Any]:
         enqueued: Enqueued = self.runner.enqueue(TRAIN_JOB, project_key, coalesce_key=coalesce_key(project_key))
         if not enqueued.coalesced and self.status_store.get(project_key).get("state") != "running":

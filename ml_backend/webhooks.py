@@ -9,11 +9,14 @@ go to the learning loop (`retraining.Retraining`).
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from ml_backend.config import Settings
 from ml_backend.errors import UnsupportedConfig
+from ml_backend.kv import is_unavailable
 from ml_backend.model_store import ModelStore, is_label_studio_id
 from ml_backend.profile import Profiles
 from ml_backend.publishing import Publisher
@@ -25,6 +28,63 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str | None, dict[str, Any]], dict[str, Any]]
+
+MAX_DEFERRED_EVENTS = 10_000  # webhooks kept in memory while Redis is down (older ones: the drift check covers them)
+DEFERRED = {"status": "deferred", "queued": False,
+            "reason": "the job queue (Redis) is unreachable: the event is kept by this process and "
+                      "reconciled when it returns (training reads the annotations from Label Studio)"}
+
+
+def compact_event(data: dict[str, Any]) -> dict[str, Any]:
+    """What a replay of a webhook needs (ids and the project's identity and counts), not its
+    whole body: thousands of deferred events must stay small in memory."""
+    project = data.get("project")
+    kept: dict[str, Any] = {}
+    if isinstance(project, dict):
+        kept["project"] = {k: project[k] for k in ("id", "created_at", "total_annotations_number", "label_config")
+                           if k in project}
+    elif project is not None:
+        kept["project"] = project
+    annotation = data.get("annotation")
+    if isinstance(annotation, dict):
+        kept["annotation"] = {k: annotation[k] for k in ("id", "last_action", "completed_by") if k in annotation}
+    for name in ("annotations", "tasks"):
+        items = data.get(name)
+        if isinstance(items, list):
+            kept[name] = [{"id": item.get("id")} for item in items[:1000] if isinstance(item, dict)]
+    return kept
+
+
+class DeferredEvents:
+    """Webhooks that arrived while Redis was unreachable, oldest first, kept in this process
+    until a reconciliation sweep replays them (`Reconciler`). Label Studio never retries a
+    webhook, so answering it 500 would lose it; answering 200 and keeping it here loses it only
+    if this process also dies, and then the annotation-count drift check still catches created
+    and deleted annotations."""
+
+    def __init__(self, limit: int = MAX_DEFERRED_EVENTS) -> None:
+        self._events: deque[tuple[str, dict[str, Any]]] = deque(maxlen=limit)
+        self._lock = threading.Lock()
+
+    def add(self, action: str, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._events.append((action, compact_event(data)))
+
+    def take(self) -> list[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            events, self._events = list(self._events), deque(maxlen=self._events.maxlen)
+            return events
+
+    def put_back(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Events a replay could not hand over (Redis down again), before any that arrived meanwhile."""
+        with self._lock:
+            newer = list(self._events)
+            self._events.clear()
+            self._events.extend(events + newer)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._events)
 
 
 class WebhookHandlers:
@@ -43,6 +103,7 @@ class WebhookHandlers:
         self.publisher = publisher
         self.bulk = bulk
         self.retraining = retraining
+        self.deferred = DeferredEvents()
         self.table: dict[str, Handler] = {
             "TASKS_CREATED": self.tasks_created,
             "PROJECT_UPDATED": self.project_updated,
@@ -56,7 +117,34 @@ class WebhookHandlers:
         if handler is None:
             log.info("event=webhook_ignored action=%.40r project=%s", action, project_key)
             return {"status": "ignored"}
-        return handler(project_key, data)
+        try:
+            return handler(project_key, data)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            self.deferred.add(action, data)
+            log.warning("event=webhook_deferred action=%s project=%s deferred=%d error=%s", action, project_key,
+                        len(self.deferred), type(exc).__name__)
+            return dict(DEFERRED)
+
+    def replay_deferred(self) -> int:
+        """Hand the deferred webhooks to their handlers again, oldest first; stop (keeping the rest)
+        at the first that finds Redis still unreachable. Returns how many were handled."""
+        events = self.deferred.take()
+        for index, (action, data) in enumerate(events):
+            handler = self.table.get(action)
+            try:
+                if handler is not None:
+                    handler(self.profiles.project_key(data.get("project")), data)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    log.exception("event=webhook_replay_failed action=%s", action)
+                    continue
+                self.deferred.put_back(events[index:])
+                return index
+        if events:
+            log.info("event=webhooks_replayed events=%d", len(events))
+        return len(events)
 
     def tasks_created(self, project_key: str | None, data: dict[str, Any]) -> dict[str, Any]:
         """Imports: pre-annotate the new tasks in the background (the webhook must answer in < 1 s)."""
@@ -96,7 +184,7 @@ class WebhookHandlers:
         log.info("event=config_updated project=%s model_version=%s", project_key, version)
         return {"status": "config_updated", "model_version": version}
 
-    def _trainable(self, project_key: str | None) -> str | None:
+    def untrainable_reason(self, project_key: str | None) -> str | None:
         """Why this project cannot train now (None: it can)."""
         if self.retraining is None:
             return "training is not enabled in this process"
@@ -116,7 +204,7 @@ class WebhookHandlers:
 
     def annotation_changed(self, action: str, project_key: str | None, data: dict[str, Any]) -> dict[str, Any]:
         """An annotation was created, changed or deleted: count it; train once enough changed."""
-        reason = self._trainable(project_key)
+        reason = self.untrainable_reason(project_key)
         if reason is not None:
             log.info("event=webhook_ignored action=%s project=%s reason=%s", action, project_key, reason)
             return {"status": "ignored", "reason": reason}
@@ -124,7 +212,7 @@ class WebhookHandlers:
 
     def start_training(self, project_key: str | None, data: dict[str, Any]) -> dict[str, Any]:
         """Start Training (the button, or POST /train): a run now. Label Studio records `job`."""
-        reason = self._trainable(project_key)
+        reason = self.untrainable_reason(project_key)
         if reason is not None:
             log.info("event=webhook_ignored action=START_TRAINING project=%s reason=%s", project_key, reason)
             return {"job": None, "status": "ignored", "reason": reason}

@@ -42,6 +42,7 @@ from ml_backend.project_report import ProjectReports
 from ml_backend.prompt_tuning import PromptTuning
 from ml_backend.publishing import Publisher
 from ml_backend.refinement import EncoderLoader, Encoders, Refinement
+from ml_backend.reconcile import Reconciler
 from ml_backend.retraining import Retraining
 from ml_backend.round_one import RoundOne
 from ml_backend.webhooks import WebhookHandlers
@@ -69,6 +70,7 @@ class Services(JobContext):
     webhooks: WebhookHandlers | None = None
     service: LLMBackend | None = None
     client_factory: ClientFactory | None = None  # tests inject an in-memory Label Studio
+    reconciler: Reconciler | None = None  # the web process's sweep (`wsgi` starts its thread)
 
     def label_studio(self, state: ProjectState) -> Any:
         """The Label Studio API client of a project (`ls_client.ProjectClient` unless injected)."""
@@ -117,6 +119,10 @@ def build_services(
     services.retraining = Retraining(settings, kv, services.runner, store)
     services.webhooks = WebhookHandlers(
         settings, store, profiles, services.publisher, services.bulk, services.retraining
+    )
+    services.reconciler = Reconciler(
+        settings, kv, services.runner, store, services.bulk, services.retraining, services.webhooks,
+        services.label_studio,
     )
     services.service = LLMBackend(
         settings, store, profiles, inference, services.publisher, services.webhooks, services.bulk,

@@ -8,3 +8,6 @@ from ml_backend.config import load_settings
 
 app = create_app(load_settings())  # a bad variable stops start-up with its name
 services_of(app).inference.warm_up()
+# Unfinished work of every project starts again by itself (a restart, lost jobs, webhooks
+# deferred while Redis was down): a sweep now and every RECONCILE_INTERVAL_S, one per process.
+services_of(app).reconciler.start()

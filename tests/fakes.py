@@ -101,6 +101,10 @@ class FakeLabelStudio:
     def model_version(self) -> str | None:
         return self.project_model_version
 
+    def annotation_count(self) -> int:
+        """As Label Studio's `total_annotations_number`: annotations not cancelled (skipped)."""
+        return sum(1 for found in self.annotations.values() for a in found if not a.get("was_cancelled"))
+
     def set_model_version(self, version: str) -> None:
         self.project_model_version = version
         self.events.append(("project_model_version", version))

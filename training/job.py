@@ -155,12 +155,17 @@ class TrainingRun:
         profile = context.profiles.of_state(state)
         target = trainable_target(profile)
         tasks = self._read(state, target)
+        annotations_total = sum(1 for task in tasks for a in task.annotations if not a.get("was_cancelled"))
+        # What this run saw, whatever it decides: the reconciliation sweep compares Label Studio's
+        # count with it, so a run that skips or fails on these annotations is not started again.
+        self._report(annotations_seen=annotations_total)
+        for task in tasks:  # auto-accepted annotations are the models' own labels, never a human one
+            task.annotations = human_annotations(task.annotations)
+        # Over the human annotations only: an auto-accept pass (which Label Studio's count sees)
+        # is no reason to train again.
         fingerprint = annotations_fingerprint((task.id, task.annotations) for task in tasks)
         if not self.forced and self._serving_is_current(state, profile, target, fingerprint):
             raise NothingToTrain("no annotation changed since the serving version was trained")
-        annotations_total = sum(1 for task in tasks for a in task.annotations if not a.get("was_cancelled"))
-        for task in tasks:  # auto-accepted annotations are the models' own labels, never a human one
-            task.annotations = human_annotations(task.annotations)
         if target.kind == "labels":
             return self._run_ner(profile, target, tasks, fingerprint, annotations_total)
         texts = [target_text(task.as_task(), target) for task in tasks]

@@ -18,10 +18,10 @@ from tests.conftest import REPO_ROOT
 from tests.integration.conftest import free_port, stop, wait_until
 
 
-@contextlib.contextmanager
-def backend_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """Our backend under gunicorn, the way `make run` starts it; yields its URL once the model is loaded."""
-    port = free_port()
+def start_backend(env: dict[str, str], log_path: Path, *, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Our backend under gunicorn, the way `make run` starts it (its own process group); returns
+    the process and its URL once the model is loaded. Tests that kill it use this directly."""
+    port = port or free_port()
     full_env = {**os.environ, **env, "PORT": str(port), "HOST": "127.0.0.1"}
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
@@ -34,6 +34,18 @@ def backend_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
             lambda: requests.get(f"{url}/health", timeout=2).json().get("model_loaded"),
             timeout=180, what="backend", process=process,
         )
+    except Exception:
+        print(log_path.read_text(errors="replace")[-5000:])
+        stop(process)
+        raise
+    return process, url
+
+
+@contextlib.contextmanager
+def backend_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Our backend under gunicorn, the way `make run` starts it; yields its URL once the model is loaded."""
+    process, url = start_backend(env, log_path)
+    try:
         yield url
     except Exception:
         print(log_path.read_text(errors="replace")[-5000:])
