@@ -98,10 +98,12 @@ test: install-dev label-studio encoders
 
 # Reliability at the issue's size: 10,000+ requests generated from /openapi.json (schemathesis) against a
 # live gunicorn backend, plus the hand-written bad inputs; figures in benchmarks/results/reliability_soak.json.
-# `make test` runs the same tests with a few hundred requests.
+# 100 SIGKILLed training writes of the model store. `make test` runs the same tests with a few hundred
+# requests and 15 kills.
 SOAK_REQUESTS ?= 10000
+SOAK_STORE_KILLS ?= 100
 soak: install-dev
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RELIABILITY_FUZZ_REQUESTS=$(SOAK_REQUESTS) \
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RELIABILITY_FUZZ_REQUESTS=$(SOAK_REQUESTS) RELIABILITY_STORE_KILLS=$(SOAK_STORE_KILLS) \
 	RELIABILITY_FIGURES_JSON=benchmarks/results/reliability_soak.json \
 	$(VENV)/bin/python -m pytest tests/reliability -ra
 
