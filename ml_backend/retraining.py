@@ -30,7 +30,7 @@ from typing import Any
 from ml_backend import keys
 from ml_backend.config import Settings
 from ml_backend.human_labels import is_automatic
-from ml_backend.jobs import Enqueued, JobRunner
+from ml_backend.jobs import Enqueued, JobRunner, retrying
 from ml_backend.kv import KV
 from ml_backend.model_store import ModelStore, is_label_studio_id
 from ml_backend.project_settings import effective
@@ -144,8 +144,10 @@ class Retraining:
     def status(self, project_key: str) -> dict[str, Any]:
         state = self.store.load(project_key)
         runner = self.runner
+        recorded = self.status_store.get(project_key)
         return {
-            **self.status_store.get(project_key),
+            **recorded,
+            **(retrying(runner, recorded.get("job_id")) if recorded.get("state") == "failed" else {}),
             "slm_version": state.slm_version,
             "pending_events": len(self.kv.smembers(keys.training_events(project_key))),
             "queued_job": runner.queued_job(coalesce_key(project_key)),
