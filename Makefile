@@ -98,11 +98,14 @@ test: install-dev label-studio encoders
 
 # Reliability at the issue's size: 10,000+ requests generated from /openapi.json (schemathesis) against a
 # live gunicorn backend, plus the hand-written bad inputs; figures in benchmarks/results/reliability_soak.json.
-# `make test` runs the same tests with a few hundred requests. Then the restart and Redis-outage
-# reconciliation at the issue's size (300 tasks killed mid-job; Redis down 30 s under 100 webhooks).
+# 100 SIGKILLed training writes of the model store. `make test` runs the same tests with a few hundred
+# requests and 15 kills. Then the restart and Redis-outage reconciliation at the issue's size (300 tasks
+# killed mid-job; Redis down 30 s under 100 webhooks).
 SOAK_REQUESTS ?= 10000
+SOAK_STORE_KILLS ?= 100
 soak: install-dev
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RELIABILITY_FUZZ_REQUESTS=$(SOAK_REQUESTS) RELIABILITY_AUTH_HEADERS=2000 \
+	RELIABILITY_STORE_KILLS=$(SOAK_STORE_KILLS) \
 	RELIABILITY_FIGURES_JSON=benchmarks/results/reliability_soak.json \
 	$(VENV)/bin/python -m pytest tests/reliability -ra
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RECONCILE_TEST_TASKS=300 REDIS_OUTAGE_S=30 REDIS_OUTAGE_WEBHOOKS=100 \

@@ -197,6 +197,14 @@ def retry_intervals(settings: Settings) -> list[int]:
     return [settings.job_retry_backoff_s * 4**n for n in range(settings.job_retries)]
 
 
+def retrying(runner: "JobRunner", job_id: str | None) -> dict[str, Any]:
+    """The fields a failed job's status gets while its next attempt is scheduled: `state`
+    "retrying", `retry_in_s` and `retry` ("retrying in 30 s"), so users see that the failure
+    is not final; empty when no attempt is left."""
+    retry = runner.retry(job_id)
+    return {"state": "retrying", **retry} if retry else {}
+
+
 # --- runners ----------------------------------------------------------------------------------
 class JobRunner(ABC):
     def __init__(self, settings: Settings, kv: KV) -> None:
@@ -231,6 +239,16 @@ class JobRunner(ABC):
                 return False
             time.sleep(0.02)
         return self._is_pending(job_id)
+
+    def retry(self, job_id: str | None) -> dict[str, Any]:
+        """What a status shows of a failed job waiting for its next attempt:
+        `{"retry_in_s": 30, "retry": "retrying in 30 s"}`; empty when no retry is scheduled
+        (the job finished, failed for good, or its retries are spent)."""
+        status = self.job_status(job_id) if job_id else None
+        if not status or status.get("status") != "scheduled" or status.get("retry_at") is None:
+            return {}
+        seconds = max(0, round(status["retry_at"] - time.time()))
+        return {"retry_in_s": seconds, "retry": f"retrying in {seconds} s"}
 
     def queued_job(self, coalesce_key: str) -> str | None:
         return self.kv.get(queued_key(coalesce_key))
@@ -291,7 +309,7 @@ class InProcessRunner(JobRunner):
             except Exception as exc:  # noqa: BLE001 - a failed job must not kill the worker thread
                 intervals = retry_intervals(self.settings)
                 if attempt < len(intervals):
-                    self._set(job_id, status="scheduled", error=_one_line(exc))
+                    self._set(job_id, status="scheduled", error=_one_line(exc), retry_at=time.time() + intervals[attempt])
                     timer = threading.Timer(
                         intervals[attempt], self._submit, (job_id, func_path, args, coalesce_key, attempt + 1)
                     )
@@ -407,7 +425,14 @@ class RqRunner(JobRunner):
             result = job.latest_result()
             error = (result.exc_string or "").strip().splitlines()[-1:] if result else None
             error = error[0] if error else None
-        return {"id": job_id, "status": status, "error": error, "retries_left": job.retries_left}
+        retry_at = None
+        if status == "scheduled":
+            try:
+                scheduled = self.queue.scheduled_job_registry.get_scheduled_time(job)
+                retry_at = scheduled.timestamp() if scheduled else None
+            except Exception:  # noqa: BLE001 - rq raises NoSuchJobError when the job just left the registry
+                retry_at = None
+        return {"id": job_id, "status": status, "error": error, "retries_left": job.retries_left, "retry_at": retry_at}
 
 
 def build_rq_worker(settings: Settings):

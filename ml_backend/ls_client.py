@@ -82,6 +82,25 @@ def answering_for_label_studio(project_key: str) -> Iterator[None]:
         ) from None
 
 
+def describe_failure(exc: BaseException, url: str | None = None) -> str:
+    """What a job records (`last_error`) when it failed: for a failure to reach Label Studio, a
+    sentence that says so (where, and whether it refused, timed out or answered an error) instead
+    of the bare exception; anything else as `Type: message`. One line, at most 500 characters."""
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    where = f"Label Studio at {url}" if url else "Label Studio"
+    if isinstance(exc, httpx.TimeoutException):
+        sentence = f"{where} did not answer in time ({type(exc).__name__}; LABEL_STUDIO_TIMEOUT_S)"
+    elif isinstance(exc, (httpx.TransportError, ConnectionError)):
+        sentence = f"{where} is unreachable ({type(exc).__name__}: {exc})"
+    elif isinstance(exc, ApiError):
+        sentence = f"{where} answered HTTP {exc.status_code}"
+    else:
+        sentence = f"{type(exc).__name__}: {exc}"
+    return sentence.replace("\n", " ")[:500]
+
+
 def credentials(settings: Settings, state: ProjectState) -> tuple[str, str]:
     url = settings.label_studio_url or state.label_studio_url
     token = settings.label_studio_api_key or state.label_studio_token

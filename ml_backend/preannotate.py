@@ -29,10 +29,10 @@ from ml_backend import keys
 from ml_backend.auto_accept import auto_accept_pass, single_choice_target
 from ml_backend.config import Settings
 from ml_backend.inference import Inference
-from ml_backend.jobs import Enqueued, JobRunner, check_deadline, current_job_id
+from ml_backend.jobs import Enqueued, JobRunner, check_deadline, current_job_id, retrying
 from ml_backend.kv import KV
 from ml_backend.llm.priority import background_work
-from ml_backend.ls_client import PREDICTION_EXTRAS, ProjectClient, TaskRecord
+from ml_backend.ls_client import PREDICTION_EXTRAS, ProjectClient, TaskRecord, describe_failure
 from ml_backend.model_store import ModelStore, ProjectState, newest_instance
 from ml_backend.prediction_cache import PredictionCache
 from ml_backend.profile import Profiles, ProjectProfile
@@ -134,6 +134,7 @@ class BulkPreannotation:
         return {
             "project": project_id,
             **(record.to_json() if record else {"state": "never_run"}),
+            **(retrying(runner, record.job_id) if record and record.state == FAILED else {}),
             "queued_job": runner.queued_job(coalesce_key(project_id)),
             "running_job": runner.running_job(coalesce_key(project_id)),
             "runner": runner.kind,
@@ -248,7 +249,7 @@ class PreannotationRun:
             superseded = self._score_and_write()
             return self._finish(tasks, covered, labeled, superseded)
         except Exception as exc:
-            self._report(state=FAILED, last_error=f"{type(exc).__name__}: {exc}"[:500])
+            self._report(state=FAILED, last_error=describe_failure(exc, getattr(getattr(self, "client", None), "url", None)))
             raise
 
     def _current_profile(self) -> ProjectProfile:

@@ -14,8 +14,10 @@ For a `<Labels>` (NER) target, `ner_demonstrations` gives each task the project'
 examples nearest to it by embedding (`slm_model.NerExamples`), as the extraction prompt's
 demonstrations (NER_DEMONSTRATIONS of them).
 
-A version that cannot be loaded, or an encoder that is not installed, is logged once and the
-LLM alone serves: a broken model file must never stop pre-annotation.
+A version that cannot be loaded (a bad checksum, a truncated file, no manifest) is logged
+(`event=model_version_corrupt`) and the newest older version that loads serves instead; with none,
+or an encoder that is not installed, the LLM alone serves: a broken model file must never stop
+pre-annotation.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ from ml_backend.slm_model import (
     ModelFormatError,
     NerExamples,
     ServedSLM,
+    fallback_order,
+    list_versions,
     load_ner_examples,
     load_served,
     read_manifest,
+    remove_leftovers,
     versions_dir,
 )
 from ml_backend.versioning import llm_version
@@ -111,25 +116,41 @@ class Refinement:
         return ProjectHook(self, profile, self.served(profile.key, profile.state.slm_version))
 
     def served(self, project_key: str, version: str | None) -> ServedSLM | NerExamples | None:
-        """The loaded version (cached: a version directory never changes once written)."""
+        """The loaded version: the current one, or when it does not verify (a bad checksum, a
+        truncated file, no manifest) the newest older one that does (`slm_model.fallback_order`).
+        Cached: a version directory never changes once written."""
         if not version:
             return None
-        directory = versions_dir(self.store.project_dir(project_key)) / version
+        root = versions_dir(self.store.project_dir(project_key))
         with self._lock:
-            if directory in self._served:
-                return self._served[directory]
-            if time.monotonic() - self._unloadable.get(directory, -RETRY_UNLOADABLE_S) < RETRY_UNLOADABLE_S:
-                return None
-            try:
-                kind = read_manifest(directory).get("kind")
-                self._served[directory] = load_ner_examples(directory) if kind == KIND_NER else load_served(directory)
-            except ModelFormatError as exc:
-                # Not cached for good: on a shared disk, a version another host just wrote may be
-                # visible here a moment later.
-                log.error("event=slm_unloadable project=%s slm_version=%s error=%s", project_key, version, exc)
-                self._unloadable[directory] = time.monotonic()
-                return None
+            served = self._load(project_key, root / version)
+            if served is not None:
+                return served
+            for candidate in fallback_order(list_versions(root.parent), version)[1:]:
+                served = self._load(project_key, root / candidate)
+                if served is not None:
+                    log.warning("event=model_version_fallback project=%s version=%s serving=%s",
+                                project_key, version, candidate)
+                    return served
+            return None
+
+    def _load(self, project_key: str, directory: Path) -> ServedSLM | NerExamples | None:
+        """One version from disk (under the lock), None when it cannot be loaded."""
+        if directory in self._served:
             return self._served[directory]
+        if time.monotonic() - self._unloadable.get(directory, -RETRY_UNLOADABLE_S) < RETRY_UNLOADABLE_S:
+            return None
+        remove_leftovers(directory.parent)
+        try:
+            kind = read_manifest(directory).get("kind")
+            self._served[directory] = load_ner_examples(directory) if kind == KIND_NER else load_served(directory)
+        except ModelFormatError as exc:
+            # Not cached for good: on a shared disk, a version another host just wrote may be
+            # visible here a moment later.
+            log.error("event=model_version_corrupt project=%s version=%s error=%s", project_key, directory.name, exc)
+            self._unloadable[directory] = time.monotonic()
+            return None
+        return self._served[directory]
 
 
 class ProjectHook:

@@ -30,11 +30,19 @@ from typing import Any
 from ml_backend import keys
 from ml_backend.config import Settings
 from ml_backend.human_labels import is_automatic
-from ml_backend.jobs import Enqueued, JobRunner
+from ml_backend.jobs import Enqueued, JobRunner, retrying
 from ml_backend.kv import KV
 from ml_backend.model_store import ModelStore, is_label_studio_id
 from ml_backend.project_settings import effective
-from ml_backend.slm_model import ModelFormatError, list_versions, serving_manifest, version_summary
+from ml_backend.slm_model import (
+    ModelFormatError,
+    choose_serving_version,
+    list_versions,
+    serving_manifest,
+    verify_version,
+    version_summary,
+    versions_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +148,10 @@ class Retraining:
     def status(self, project_key: str) -> dict[str, Any]:
         state = self.store.load(project_key)
         runner = self.runner
+        recorded = self.status_store.get(project_key)
         return {
-            **self.status_store.get(project_key),
+            **recorded,
+            **(retrying(runner, recorded.get("job_id")) if recorded.get("state") == "failed" else {}),
             "slm_version": state.slm_version,
             "pending_events": len(self.kv.smembers(keys.training_events(project_key))),
             "queued_job": runner.queued_job(coalesce_key(project_key)),
@@ -149,13 +159,20 @@ class Retraining:
         }
 
     def versions(self, project_key: str) -> list[dict[str, Any]]:
-        """Every kept SLM version, oldest first, with its metrics (`GET /versions`)."""
+        """Every kept SLM version, oldest first, with its metrics (`GET /versions`); a version
+        that does not verify carries its `error`, and `serving` marks the one that serves (the
+        current one, or the newest older one that verifies: `slm_model.choose_serving_version`)."""
         project_dir = self.store.project_dir(project_key)
         current = self.store.load(project_key).slm_version
+        kept = list_versions(project_dir)
+        errors = {version: verify_version(versions_dir(project_dir) / version) for version in kept}
+        serving = choose_serving_version(kept, current, errors)
         out = []
-        for version in list_versions(project_dir):
+        for version in kept:
+            flags = {"current": version == current, "serving": version == serving}
             try:
-                out.append({**version_summary(project_dir, version), "current": version == current})
-            except ModelFormatError as exc:
-                out.append({"version": version, "error": str(exc), "current": version == current})
+                summary = version_summary(project_dir, version)
+            except ModelFormatError:
+                summary = {"version": version}
+            out.append({**summary, **({"error": errors[version]} if errors[version] else {}), **flags})
         return out

@@ -30,9 +30,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,6 +46,8 @@ import numpy as np
 from ml_backend.review_priority import PriorityModel
 from ml_backend.review_priority import features as priority_features
 from ml_backend.review_priority import priority as priority_of
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "head.npz"
@@ -277,14 +281,17 @@ def write_version(directory: Path, files: dict[str, bytes], manifest: dict[str, 
     """Write `files` + `manifest.json` (with their SHA-256) into `directory`, atomically.
 
     Everything is written and fsynced in a temporary sibling directory, then renamed into
-    place: a crash at any point leaves no partial version (and the previous one serving). With
-    `overwrite` an existing directory is swapped out by two renames and removed only once the
-    new one is in place; without it an existing directory is an error."""
+    place: a crash at any point leaves no partial version (and the previous one serving); the
+    staging directory a crashed writer left is removed by the next write (`remove_leftovers`).
+    With `overwrite` an existing directory is swapped out by two renames and removed only once
+    the new one is in place (a crash between the two is undone by `remove_leftovers`); without
+    it an existing directory is an error."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(directory.parent)
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists (pass overwrite=True to replace it)")
-    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".tmp-{directory.name}-"))
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f"{STAGING_PREFIX}{directory.name}-{_owner()}-"))
     try:
         checksums = {}
         for name, payload in files.items():
@@ -292,17 +299,83 @@ def write_version(directory: Path, files: dict[str, bytes], manifest: dict[str, 
             checksums[name] = hashlib.sha256(payload).hexdigest()
         manifest = {**manifest, "format_version": FORMAT_VERSION, "checksums": checksums}
         _write_synced(staging / MANIFEST_FILE, json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8"))
+        _fsync_directory(staging)
         if directory.exists():
-            retired = directory.parent / f".old-{directory.name}-{os.getpid()}-{time.time_ns()}"
+            retired = directory.parent / f"{RETIRED_PREFIX}{directory.name}-{_owner()}-{time.time_ns()}"
             os.rename(directory, retired)
             os.rename(staging, directory)
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(staging, directory)
+        _fsync_directory(directory.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+# --- what a crashed writer leaves behind ----------------------------------------------------------
+STAGING_PREFIX = ".tmp-"  # a version being written: `.tmp-<version>-<pid>@<host>-<random>`
+RETIRED_PREFIX = ".old-"  # a version being replaced: `.old-<version>-<pid>@<host>-<ns>`
+DELETED_PREFIX = ".del-"  # a pruned version being removed: `.del-<version>-<pid>@<host>-<ns>`
+STALE_LEFTOVER_S = 3600.0  # a leftover whose writer cannot be checked (another host) is removed after 1 h
+_LEFTOVER = re.compile(r"\.(tmp|old|del)-(slm-\d{4,9})-(\d+)@(.+)-[^-]*")
+
+
+def _owner() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def _writer_is_gone(pid: int, host: str, modified: float) -> bool:
+    """Whether the process that made a leftover directory cannot still be writing it: on this
+    host, it no longer runs; on another one (a shared disk), it has been quiet for an hour."""
+    if host != socket.gethostname():
+        return time.time() - modified > STALE_LEFTOVER_S
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return time.time() - modified > STALE_LEFTOVER_S  # the pid was reused long after its writer died
+
+
+def remove_leftovers(root: Path) -> list[str]:
+    """Remove the staging, retired and pruned directories of writers that died (SIGKILL, power loss),
+    so they neither fill the disk nor get mistaken for versions. A retired directory whose
+    version is missing (a crash between the two renames of an overwrite) is put back instead.
+    Returns the names removed or restored."""
+    root = Path(root)
+    handled = []
+    for child in root.iterdir() if root.is_dir() else ():
+        match = _LEFTOVER.fullmatch(child.name)
+        if not match:
+            continue
+        kind, version, pid, host = match.group(1), match.group(2), int(match.group(3)), match.group(4)
+        try:
+            gone = _writer_is_gone(pid, host, child.stat().st_mtime)
+        except FileNotFoundError:
+            continue
+        if not gone:
+            continue
+        if kind == "old" and not (root / version).exists():
+            os.rename(child, root / version)
+        else:
+            shutil.rmtree(child, ignore_errors=True)
+        handled.append(child.name)
+        log.warning("event=model_leftover_removed directory=%s restored=%s", child, kind == "old")
+    return handled
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename durable (a crash of the machine, not only of the process)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _write_synced(path: Path, payload: bytes) -> None:
@@ -330,19 +403,57 @@ def versions_dir(project_dir: Path) -> Path:
 
 
 def list_versions(project_dir: Path) -> list[str]:
-    """Complete versions, oldest first (a staging directory of a crashed run is not one)."""
+    """The version directories, oldest first, complete or not (a staging directory of a crashed
+    run is not one; a version damaged on disk is, so /versions can show it: `verify_version`)."""
     root = versions_dir(project_dir)
     if not root.is_dir():
         return []
-    found = [child.name for child in root.iterdir()
-             if VERSION_PATTERN.fullmatch(child.name) and (child / MANIFEST_FILE).is_file()]
-    return sorted(found, key=lambda name: int(VERSION_PATTERN.fullmatch(name).group(1)))
+    found = [child.name for child in root.iterdir() if VERSION_PATTERN.fullmatch(child.name) and child.is_dir()]
+    return sorted(found, key=version_number)
+
+
+def version_number(version: str) -> int:
+    match = VERSION_PATTERN.fullmatch(version)
+    return int(match.group(1)) if match else -1
+
+
+def verify_version(directory: Path) -> str | None:
+    """None when the version is complete (a readable manifest, every file its kind needs, every
+    file matching the manifest's SHA-256); otherwise what is wrong, in words."""
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+        required = [NER_EXAMPLES_FILE, NER_EMBEDDINGS_FILE] if manifest.get("kind") == KIND_NER else [WEIGHTS_FILE]
+        for name in dict.fromkeys([*required, *(manifest.get("checksums") or {})]):
+            _verified(directory, manifest, name)
+    except ModelFormatError as error:
+        return str(error)
+    return None
+
+
+def fallback_order(versions: list[str], current: str | None) -> list[str]:
+    """The versions to try serving, in order: the current one, then the older ones, newest
+    first. Never a newer one: after a rollback, the version rolled back from must not come back."""
+    if not current:
+        return []
+    older = [v for v in versions if version_number(v) < version_number(current)]
+    return [current, *sorted(older, key=version_number, reverse=True)]
+
+
+def choose_serving_version(versions: list[str], current: str | None, errors: dict[str, str | None]) -> str | None:
+    """The version that serves: the current one when it verifies (`errors[v]` is None), else the
+    newest older one that does; None when none does (the LLM alone serves). A version missing
+    from `errors` counts as unverified."""
+    return next((v for v in fallback_order(versions, current) if v in errors and errors[v] is None), None)
 
 
 def next_version(project_dir: Path) -> str:
+    """The next version's name; numbers of leftovers (a version being written, replaced or put
+    back by `remove_leftovers`) are never reused."""
     root = versions_dir(project_dir)
-    numbers = [int(m.group(1)) for child in (root.iterdir() if root.is_dir() else ())
-               if (m := VERSION_PATTERN.fullmatch(child.name))]
+    names = [child.name for child in root.iterdir()] if root.is_dir() else []
+    numbers = [version_number(name) for name in names if VERSION_PATTERN.fullmatch(name)]
+    numbers += [version_number(m.group(2)) for name in names if (m := _LEFTOVER.fullmatch(name))]
     return f"slm-{max(numbers, default=0) + 1:04d}"
 
 
@@ -351,8 +462,12 @@ def prune_versions(project_dir: Path, keep: int, current: str | None) -> list[st
     versions = list_versions(project_dir)
     kept = set(versions[-keep:]) | ({current} if current else set())
     removed = [v for v in versions if v not in kept]
+    root = versions_dir(project_dir)
     for version in removed:
-        shutil.rmtree(versions_dir(project_dir) / version, ignore_errors=True)
+        # Renamed first: a crash inside rmtree must not leave half a version under its own name.
+        doomed = root / f"{DELETED_PREFIX}{version}-{_owner()}-{time.time_ns()}"
+        os.rename(root / version, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return removed
 
 

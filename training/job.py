@@ -38,7 +38,7 @@ from ml_backend.kv import KV
 from ml_backend.label_config import Target
 from ml_backend.llm.priority import background_work
 from ml_backend.llm_cache import LLMDistributionCache
-from ml_backend.ls_client import ProjectClient, TaskRecord
+from ml_backend.ls_client import ProjectClient, TaskRecord, describe_failure
 from ml_backend.model_store import ModelStore, ProjectState
 from ml_backend.predictor import target_text
 from ml_backend.profile import Profiles, ProjectProfile
@@ -116,6 +116,7 @@ class TrainingRun:
         self.on_progress = on_progress
         self.status = TrainingStatus(context.kv)
         self.timings: dict[str, float] = {}
+        self.label_studio_url: str | None = None  # named in the recorded error when Label Studio fails
 
     def execute(self) -> dict[str, Any]:
         previous = self.status.get(self.project_key)
@@ -130,7 +131,7 @@ class TrainingRun:
             log.info("event=training_skipped project=%s reason=%s", self.project_key, reason)
             return {"project": self.project_key, "status": "skipped", "reason": str(reason)}
         except Exception as exc:
-            self._report(state="failed", last_error=f"{type(exc).__name__}: {exc}"[:500], finished_at=time.time())
+            self._report(state="failed", last_error=describe_failure(exc, self.label_studio_url), finished_at=time.time())
             raise
         self.context.kv.delete(keys.training_active(self.project_key))
         self._report(state="done", stage=None, finished_at=time.time(), **summary)
@@ -216,6 +217,7 @@ class TrainingRun:
     def _read(self, state: ProjectState, target: Target) -> list[TaskRecord]:
         started = time.perf_counter()
         client = self.context.label_studio(state)
+        self.label_studio_url = getattr(client, "url", None)
         tasks = list(client.tasks(page_size=self.context.settings.preannotate_page_size, annotations=True))
         self.timings["read"] = round(time.perf_counter() - started, 2)
         self._stage("read", len(tasks), len(tasks))

@@ -13,6 +13,7 @@ from ml_backend.jobs import (
     JobContext,
     JobTimeout,
     check_deadline,
+    retrying,
     run_job,
 )
 from ml_backend.kv import MemoryKV
@@ -111,6 +112,22 @@ def test_a_job_failing_every_retry_is_marked_failed_with_its_error(tmp_path):
     status = runner.job_status(job.job_id)
     assert "Label Studio is restarting" in status["error"]
     assert status["attempts"] == 2
+
+
+def test_a_failed_job_waiting_for_its_retry_says_when_and_a_final_failure_says_nothing(tmp_path):
+    runner = make_runner(tmp_path, job_retries=1)
+    runner.settings = runner.settings.model_copy(update={"job_retry_backoff_s": 30})
+    FAILURES_LEFT["n"] = 5
+    job = runner.enqueue(f"{__name__}.flaky_job", "x")
+    wait_for(lambda: (runner.job_status(job.job_id) or {}).get("status") == "scheduled")
+    shown = retrying(runner, job.job_id)
+    assert shown["state"] == "retrying" and 29 <= shown["retry_in_s"] <= 30
+    assert shown["retry"] == f"retrying in {shown['retry_in_s']} s"
+    assert retrying(runner, None) == {} and retrying(runner, "no-such-job") == {}
+    final = make_runner(tmp_path, job_retries=0)
+    spent = final.enqueue(f"{__name__}.flaky_job", "y")
+    wait_for(lambda: (final.job_status(spent.job_id) or {}).get("status") == "failed")
+    assert retrying(final, spent.job_id) == {}
 
 
 def test_a_job_past_its_timeout_stops_at_the_next_check(tmp_path):

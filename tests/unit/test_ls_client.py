@@ -85,3 +85,16 @@ def test_the_real_sdk_raises_what_we_catch():
     with pytest.raises(ApiError) as raised:
         client_with(sdk("expired")).delete_predictions([6])
     assert raised.value.status_code == 401
+
+
+def test_a_job_records_a_label_studio_failure_as_a_sentence_that_names_it():
+    import httpx
+
+    from ml_backend.ls_client import describe_failure
+
+    url = "http://ls.example:8080"
+    assert describe_failure(httpx.ReadTimeout("timed out"), url) == (
+        f"Label Studio at {url} did not answer in time (ReadTimeout; LABEL_STUDIO_TIMEOUT_S)")
+    assert describe_failure(httpx.ConnectError("Connection refused"), url).startswith(
+        f"Label Studio at {url} is unreachable (ConnectError: Connection refused")
+    assert describe_failure(ValueError("bad\nvalue")) == "ValueError: bad value"
