@@ -246,7 +246,8 @@ def test_a_burst_of_annotation_webhooks_trains_each_project_once_on_all_its_anno
     result = run_load(backend, spread(events, SENDERS, seed=14))
     sent_at = time.monotonic()
     figures = endpoint_figures(result.samples)
-    _assert_inside_timeouts(figures)
+    FIGURES["burst"] = {"describe": f"{len(events)} webhooks from {SENDERS} senders, {result.wall_s:.1f} s",
+                        "projects": {}, "endpoints": figures}  # completed below, kept if an assert fails
 
     per_project = {}
     for project in projects:
@@ -276,8 +277,9 @@ def test_a_burst_of_annotation_webhooks_trains_each_project_once_on_all_its_anno
         "webhooks": len(events), "projects": per_project, "senders": SENDERS, "wall_s": round(result.wall_s, 1),
         "endpoints": figures,
     }
-    for project_id, seen in per_project.items():
+    for project_id, seen in per_project.items():  # a late answer is a lost webhook: training must not care
         assert 1 <= seen["training_runs"] <= 2, (project_id, seen)  # one run, at most one follow-up
         assert seen["label_studio_annotations"] == BURST_TASKS * BURST_ANNOTATORS, (project_id, seen)
         assert seen["version_annotations_total"] == seen["label_studio_annotations"], (project_id, seen)
         assert seen["version_annotations"] == seen["label_studio_annotations"], (project_id, seen)
+    _assert_inside_timeouts(figures)
