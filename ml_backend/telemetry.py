@@ -19,7 +19,6 @@ time, so the multiprocess switch (an environment variable it reads once) is alwa
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import tempfile
@@ -67,8 +66,22 @@ class _RequestMetrics:
     webhook_events: Any
 
 
-@functools.lru_cache(maxsize=1)
+_request_metrics: _RequestMetrics | None = None
+_metrics_lock = threading.Lock()
+
+
 def _metrics() -> _RequestMetrics:
+    """The process's request metrics, registered once. Under a lock: the first requests of a fresh
+    worker arrive together (gunicorn threads), and `functools.lru_cache` would let two of them
+    register the same names (prometheus-client's DuplicateTimeseries: a 500 for a webhook)."""
+    global _request_metrics
+    with _metrics_lock:
+        if _request_metrics is None:
+            _request_metrics = _new_metrics()
+        return _request_metrics
+
+
+def _new_metrics() -> _RequestMetrics:
     from prometheus_client import Counter, Histogram
 
     return _RequestMetrics(

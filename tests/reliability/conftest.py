@@ -43,6 +43,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(line)
 
 
+@pytest.fixture(scope="session")
+def summary_lines() -> list[str]:
+    """The lines printed at the end of the run: a test module appends its figures. (Through a fixture:
+    `tests/` is no package, so importing this conftest by name would give another copy of the list.)"""
+    return _SUMMARY_LINES
+
+
 @dataclass
 class FuzzFigures:
     """What the generated requests got back: status counts per operation, latency of the rejections."""

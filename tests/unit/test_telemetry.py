@@ -170,3 +170,27 @@ def test_a_job_that_raises_is_counted_by_how_it_ended(outcome):
     with pytest.raises(type(error)):
         run_job("tests.unit.test_telemetry.raising_now", [], None, "job-1", context=JobContext(Settings(), kv))
     assert kv.hgetall(keys.JOB_OUTCOMES) == {f"raising_now:{outcome}": "1"}
+
+
+def test_concurrent_first_requests_register_the_metrics_once(monkeypatch):
+    """A fresh gunicorn worker's first requests arrive together: found by the load test, two threads
+    both registered the metrics and one webhook answered 500 (DuplicateTimeseries)."""
+    import threading
+    import time
+
+    created = []
+
+    def slow_new_metrics():
+        time.sleep(0.05)  # registration takes a moment: every thread arrives meanwhile
+        created.append(object())
+        return created[-1]
+
+    monkeypatch.setattr(telemetry, "_request_metrics", None)
+    monkeypatch.setattr(telemetry, "_new_metrics", slow_new_metrics)
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(telemetry._metrics())) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(created) == 1 and seen == created * 8
