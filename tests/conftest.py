@@ -159,3 +159,80 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(
             f"SKIPPED {len(reasons)} real-service test(s): {missing} -> install with `{SYSTEM_DEPS_HINT}` "
             "(and `make label-studio`), then run `make test` again", yellow=True, bold=True)
+
+
+# --- real services shared by tests/integration and tests/reliability ---------------------------------
+# Defined here, in the one conftest above both folders, so a session starts one Label Studio (a fixture
+# imported into two modules would be two fixtures, each starting its own).
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("CACHE_DIR", Path.home() / ".cache" / "ls-llm-backend"))
+
+
+@pytest.fixture(scope="session")
+def default_model_path(model_cache_dir) -> Path:
+    from tests.integration.conftest import require
+    from ml_backend.llm.default_model import DefaultModelMissing, ensure_default_model
+
+    try:
+        return ensure_default_model(model_cache_dir)
+    except DefaultModelMissing as exc:
+        require(False, str(exc))
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio 1.23.2 on SQLite, started from the .venv-ls that `make test` installs."""
+    import subprocess
+
+    import requests
+
+    from scripts import stack
+    from tests.integration.conftest import LS_PASSWORD, LS_TOKEN, LS_USER, free_port, require, stop, wait_until
+
+    external = os.environ.get("LABEL_STUDIO_TEST_URL")
+    if external:
+        yield external
+        return
+    binary = stack.label_studio_binary()
+    require(binary.exists(), f"{binary} missing: run `make label-studio` (make test does), or set LS_VENV")
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("ls-data")
+    # What `scripts/stack` runs: SQLite in data_dir, a fixed legacy token, the SSRF guard lifted.
+    env = stack.label_studio_env(os.environ, data_dir, token=LS_TOKEN, user=LS_USER, password=LS_PASSWORD)
+    log_path = data_dir / "label-studio.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            stack.label_studio_argv(binary, port),
+            cwd=data_dir,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: requests.get(f"{url}/health", timeout=2).status_code == 200,
+            timeout=400,
+            what="Label Studio",
+            process=process,
+        )
+        yield url
+    except Exception:
+        print(log_path.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="session")
+def ls_client(label_studio):
+    from label_studio_sdk import LabelStudio
+
+    from tests.integration.conftest import LS_TOKEN
+
+    # Generous: "Retrieve predictions" blocks until Label Studio has our /predict answer (up to 100 s).
+    return LabelStudio(base_url=label_studio, api_key=LS_TOKEN, timeout=300)

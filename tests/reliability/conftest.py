@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import default_model_path, model_cache_dir  # noqa: F401 - fixtures
 
 FUZZ_REQUESTS = int(os.environ.get("RELIABILITY_FUZZ_REQUESTS", "300"))
 FIGURES_JSON = os.environ.get("RELIABILITY_FIGURES_JSON")  # unset: print only
@@ -108,7 +107,7 @@ def fuzz_figures():
 
 
 @pytest.fixture(scope="session")
-def live_backend(tmp_path_factory, default_model_path, model_cache_dir):  # noqa: F811 - fixtures above
+def live_backend(tmp_path_factory, default_model_path, model_cache_dir):
     """Our backend under gunicorn with the embedded default model, as `make run` starts it. No
     Label Studio runs: /setup names one at an unreachable host, so jobs it starts fail fast."""
     from tests.integration.services import backend_process

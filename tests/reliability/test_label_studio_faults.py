@@ -25,7 +25,7 @@ from ml_backend.config import Settings
 from ml_backend.wiring import build_services
 from tests.conftest import LABELING_CONFIGS
 from tests.integration.backend_status import versions_per_task, wait_for
-from tests.integration.conftest import LS_TOKEN, label_studio, ls_client  # noqa: F401 - fixtures
+from tests.integration.conftest import LS_TOKEN
 from tests.reliability.label_studio_proxy import LabelStudioProxy
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def _backend(tmp_path, proxy_url: str, keyword_runtime):
     return services, create_app(services=services).test_client()
 
 
-def _new_project(ls_client, title: str) -> tuple[int, str]:  # noqa: F811
+def _new_project(ls_client, title: str) -> tuple[int, str]:
     project = ls_client.projects.create(title=title, label_config=SENTIMENT_EN)
     ls_client.projects.import_tasks(id=project.id, request=[{"text": t} for t in _texts()])
     return project.id, f"{project.id}.{int(project.created_at.timestamp())}"
@@ -60,7 +60,7 @@ def _new_project(ls_client, title: str) -> tuple[int, str]:  # noqa: F811
 
 @pytest.mark.parametrize("fault", ["hang", "drop"])
 def test_label_studio_failing_mid_job_publishes_nothing_half_and_the_retry_completes(
-    ls_client, label_studio, tmp_path, keyword_runtime, fault  # noqa: F811
+    ls_client, label_studio, tmp_path, keyword_runtime, fault
 ):
     project_id, key = _new_project(ls_client, f"faults {fault}")
     with LabelStudioProxy(label_studio) as proxy:
@@ -103,7 +103,7 @@ def test_label_studio_failing_mid_job_publishes_nothing_half_and_the_retry_compl
 
 
 def test_a_training_run_whose_label_studio_hangs_says_so_and_keeps_the_serving_version(
-    ls_client, label_studio, tmp_path, keyword_runtime  # noqa: F811
+    ls_client, label_studio, tmp_path, keyword_runtime
 ):
     project_id, key = _new_project(ls_client, "faults training")
     with LabelStudioProxy(label_studio) as proxy:

@@ -35,7 +35,7 @@ import requests
 from ml_backend.ls_client import ProjectClient
 from tests.conftest import LABELING_CONFIGS, load_jsonl, shared_path
 from tests.integration.backend_status import preannotation_status, wait_for
-from tests.integration.conftest import LS_TOKEN, label_studio  # noqa: F401 - fixture
+from tests.integration.conftest import LS_TOKEN
 from tests.reliability.load import (
     annotation_webhook,
     endpoint_figures,
@@ -90,7 +90,7 @@ def load_figures(summary_lines):
 
 
 @pytest.fixture(scope="module")
-def load_backend(tmp_path_factory, default_model_path, model_cache_dir, label_studio):  # noqa: F811
+def load_backend(tmp_path_factory, default_model_path, model_cache_dir, label_studio):
     """Our backend as `make run` starts it (one worker, its threads, the in-process job runner), told
     where Label Studio is; the SLM on the light MiniLM encoder, no demonstrations (the cold start is
     measured elsewhere)."""
@@ -117,7 +117,7 @@ def _choice(label: str) -> list[dict]:
     return [{"from_name": "sentiment", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]
 
 
-def create_project(label_studio: str, title: str, rows: list[dict], annotators_per_task: list[int]) -> dict:  # noqa: F811
+def create_project(label_studio: str, title: str, rows: list[dict], annotators_per_task: list[int]) -> dict:
     """A Label Studio project with one task per row, task i carrying annotators_per_task[i] annotations
     (the row's label; every seventh one the other label, so annotators sometimes disagree). Imported in
     one request; Label Studio sends us nothing (the backend is not connected in it)."""
@@ -137,7 +137,7 @@ def create_project(label_studio: str, title: str, rows: list[dict], annotators_p
     return {"id": project.id, "tasks": [task.id for task in records], "annotations": annotations}
 
 
-def label_studio_annotations(label_studio: str, project_id: int) -> int:  # noqa: F811
+def label_studio_annotations(label_studio: str, project_id: int) -> int:
     """Label Studio's own count of the project's annotations (what its webhooks send)."""
     answer = requests.get(f"{label_studio}/api/projects/{project_id}", timeout=60,
                           headers={"Authorization": f"Token {LS_TOKEN}"})
@@ -145,7 +145,7 @@ def label_studio_annotations(label_studio: str, project_id: int) -> int:  # noqa
     return int(answer.json()["total_annotations_number"])
 
 
-def connect(backend: str, label_studio: str, project_id: int) -> str:  # noqa: F811
+def connect(backend: str, label_studio: str, project_id: int) -> str:
     call = setup_call(project_id, CONFIG, label_studio, LS_TOKEN)
     answer = requests.post(f"{backend}{call.path}", json=call.body, timeout=30)
     assert answer.status_code == 200, answer.text[:300]
@@ -178,7 +178,7 @@ def _assert_inside_timeouts(figures: dict) -> None:
 
 # --- the tests ----------------------------------------------------------------------------------------
 def test_webhooks_and_setup_answer_inside_label_studio_timeouts_under_load(
-        load_backend, label_studio, sst2_rows):  # noqa: F811
+        load_backend, label_studio, sst2_rows):
     backend = load_backend
     rows = sst2_rows[:LOAD_TASKS]
     project = create_project(label_studio, "load", rows, [1] * LOAD_ANNOTATED + [0] * (LOAD_TASKS - LOAD_ANNOTATED))
@@ -228,7 +228,7 @@ def test_webhooks_and_setup_answer_inside_label_studio_timeouts_under_load(
 
 
 def test_a_burst_of_annotation_webhooks_trains_each_project_once_on_all_its_annotations(
-        load_backend, label_studio, sst2_rows):  # noqa: F811
+        load_backend, label_studio, sst2_rows):
     backend = load_backend
     offset = LOAD_TASKS  # rows the load project did not use
     projects = []
