@@ -101,8 +101,9 @@ test: install-dev label-studio encoders
 # 100 SIGKILLed training writes of the model store. The load (tests/reliability/test_load.py, a real
 # Label Studio): 50 senders x 20 calls of /webhook and /setup while 3 callers ask /predict for 10 tasks at
 # a time and background jobs run, then 1,000 annotation webhooks for 5 projects (20 tasks x 10 annotators);
-# figures in benchmarks/results/reliability_load.json. `make test` runs the same tests with a few hundred
-# requests, 15 kills, 10 senders and 2 x 50 webhooks. Then the restart and Redis-outage reconciliation at
+# figures in benchmarks/results/reliability_load.json; the same 50 senders again at an annotator's pace
+# (a pause of 1 s on average before each call: reliability_load_paced.json). `make test` runs the same
+# tests with a few hundred requests, 15 kills, 10 senders and 2 x 50 webhooks. Then the restart and Redis-outage reconciliation at
 # the issue's size (300 tasks killed mid-job; Redis down 30 s under 100 webhooks).
 SOAK_REQUESTS ?= 10000
 SOAK_STORE_KILLS ?= 100
@@ -110,12 +111,15 @@ SOAK_LOAD := RELIABILITY_LOAD_SENDERS=50 RELIABILITY_LOAD_REQUESTS=20 RELIABILIT
 	RELIABILITY_LOAD_TASKS=60 RELIABILITY_BURST_PROJECTS=5 RELIABILITY_BURST_TASKS=20 RELIABILITY_BURST_ANNOTATORS=10 \
 	RELIABILITY_LOAD_JSON=benchmarks/results/reliability_load.json
 soak: install-dev label-studio
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RELIABILITY_FUZZ_REQUESTS=$(SOAK_REQUESTS) RELIABILITY_AUTH_HEADERS=2000 \
-	RELIABILITY_STORE_KILLS=$(SOAK_STORE_KILLS) $(SOAK_LOAD) \
-	RELIABILITY_FIGURES_JSON=benchmarks/results/reliability_soak.json \
-	$(VENV)/bin/python -m pytest tests/reliability -ra
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RECONCILE_TEST_TASKS=300 REDIS_OUTAGE_S=30 REDIS_OUTAGE_WEBHOOKS=100 \
-	$(VENV)/bin/python -m pytest tests/integration/test_reconciliation.py -ra -rP
+	@status=0; export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1; \
+	RELIABILITY_FUZZ_REQUESTS=$(SOAK_REQUESTS) RELIABILITY_AUTH_HEADERS=2000 RELIABILITY_STORE_KILLS=$(SOAK_STORE_KILLS) \
+	$(SOAK_LOAD) RELIABILITY_FIGURES_JSON=benchmarks/results/reliability_soak.json \
+	$(VENV)/bin/python -m pytest tests/reliability -ra || status=1; \
+	$(SOAK_LOAD) RELIABILITY_LOAD_PACE_S=1 RELIABILITY_LOAD_JSON=benchmarks/results/reliability_load_paced.json \
+	$(VENV)/bin/python -m pytest tests/reliability/test_load.py -k under_load -ra || status=1; \
+	RECONCILE_TEST_TASKS=300 REDIS_OUTAGE_S=30 REDIS_OUTAGE_WEBHOOKS=100 \
+	$(VENV)/bin/python -m pytest tests/integration/test_reconciliation.py -ra -rP || status=1; \
+	exit $$status
 
 bench: install-dev label-studio encoders
 	bash scripts/run_benchmarks.sh

@@ -104,8 +104,13 @@ async def _send(client: httpx.AsyncClient, call: Call) -> Sample:
     return Sample(call.path, response.status_code, time.perf_counter() - started)
 
 
-async def _sender(client: httpx.AsyncClient, calls: Sequence[Call], samples: list[Sample]) -> None:
+async def _sender(client: httpx.AsyncClient, calls: Sequence[Call], samples: list[Sample],
+                  pace_s: float = 0.0, rng: random.Random | None = None) -> None:
+    """The calls one after the other; with `pace_s`, a pause of uniform(0, 2 × pace_s) before each
+    (an annotator between two submissions), else back to back (the server's capacity)."""
     for call in calls:
+        if pace_s > 0 and rng is not None:
+            await asyncio.sleep(rng.uniform(0, 2 * pace_s))
         samples.append(await _send(client, call))
 
 
@@ -136,7 +141,7 @@ async def _watcher(client: httpx.AsyncClient, paths: Sequence[str], started: flo
 
 
 async def _run(base_url: str, senders: Sequence[Sequence[Call]], repeaters: Sequence[Callable[[int], Call]],
-               watch: Sequence[str], watch_interval_s: float) -> LoadResult:
+               watch: Sequence[str], watch_interval_s: float, pace_s: float, seed: int) -> LoadResult:
     result = LoadResult()
     limits = httpx.Limits(max_connections=len(senders) + len(repeaters) + 2, max_keepalive_connections=None)
     async with httpx.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT_S, limits=limits) as client:
@@ -147,7 +152,8 @@ async def _run(base_url: str, senders: Sequence[Sequence[Call]], repeaters: Sequ
             background.append(asyncio.create_task(
                 _watcher(client, watch, started, watch_interval_s, result.watched, done)))
         try:
-            await asyncio.gather(*(_sender(client, calls, result.samples) for calls in senders))
+            await asyncio.gather(*(_sender(client, calls, result.samples, pace_s, random.Random(seed + number))
+                                   for number, calls in enumerate(senders)))
         finally:
             done.set()
             await asyncio.gather(*background)
@@ -157,9 +163,13 @@ async def _run(base_url: str, senders: Sequence[Sequence[Call]], repeaters: Sequ
 
 def run_load(base_url: str, senders: Sequence[Sequence[Call]], *,
              repeaters: Sequence[Callable[[int], Call]] = (), watch: Sequence[str] = (),
-             watch_interval_s: float = 0.5) -> LoadResult:
-    """Every sender's calls, all senders at once; repeaters and watchers until the last sender is done."""
-    return asyncio.run(_run(base_url, senders, repeaters, watch, watch_interval_s))
+             watch_interval_s: float = 0.5, pace_s: float = 0.0, seed: int = 0) -> LoadResult:
+    """Every sender's calls, all senders at once; repeaters and watchers until the last sender is done.
+
+    `pace_s` 0: each sender sends back to back, a closed loop whose latency is senders ÷ throughput
+    (what the server can take). `pace_s` > 0: each waits uniform(0, 2 × pace_s) before each call
+    (seeded), i.e. about senders ÷ pace_s calls a second, as busy annotators send them."""
+    return asyncio.run(_run(base_url, senders, repeaters, watch, watch_interval_s, pace_s, seed))
 
 
 # --- figures -----------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ real Label Studio 1.23.2 holding the projects and their annotations:
    keep asking /predict for batches of 10 new texts and the project's background jobs run (its
    pre-annotation, started by its first /setup; the training the webhooks start). Every answer must be
    below 500 and inside Label Studio's timeout (webhook 1 s, /setup 3 s, /predict 100 s); latencies
-   are figures, never asserted.
+   are figures, never asserted. `RELIABILITY_LOAD_PACE_S` (default 0: back to back, the server's
+   capacity) makes each sender pause that long on average before each call, as annotators do.
 2. **Burst.** `RELIABILITY_BURST_PROJECTS` projects of `RELIABILITY_BURST_TASKS` tasks, each task
    annotated by `RELIABILITY_BURST_ANNOTATORS` annotators; one ANNOTATION_CREATED webhook per annotation,
    all projects' webhooks at once from the same senders. Each project must get one training run, at
@@ -56,6 +57,8 @@ def _env_int(name: str, default: int) -> int:
 SENDERS = _env_int("RELIABILITY_LOAD_SENDERS", 10)
 REQUESTS_PER_SENDER = _env_int("RELIABILITY_LOAD_REQUESTS", 20)
 PREDICT_CALLERS = _env_int("RELIABILITY_LOAD_PREDICT_CALLERS", 2)
+# Mean pause of a sender between two calls (s): 0 = back to back (capacity), e.g. 1 = an annotator's pace
+PACE_S = float(os.environ.get("RELIABILITY_LOAD_PACE_S", "0"))
 PREDICT_BATCH = 10
 LOAD_TASKS = _env_int("RELIABILITY_LOAD_TASKS", 20)  # the load project; LOAD_ANNOTATED of them annotated
 LOAD_ANNOTATED = 10
@@ -206,15 +209,17 @@ def test_webhooks_and_setup_answer_inside_label_studio_timeouts_under_load(
     first_version = connect(backend, label_studio, project_id)  # starts the project's pre-annotation job
     result = run_load(backend, [sender_calls(i) for i in range(SENDERS)],
                       repeaters=[predict_batch(i) for i in range(PREDICT_CALLERS)],
-                      watch=[f"/preannotate/status?project={project_id}"])
+                      watch=[f"/preannotate/status?project={project_id}"], pace_s=PACE_S, seed=20261202)
     figures = endpoint_figures(result.samples)
     jobs_seen = sorted({(body.get("state"), (body.get("training") or {}).get("state")) for _, _, body in result.watched},
                        key=str)
     FIGURES["load"] = {
-        "describe": (f"{SENDERS} senders x {REQUESTS_PER_SENDER} calls (/webhook, /setup) with {PREDICT_CALLERS} "
+        "describe": (f"{SENDERS} senders x {REQUESTS_PER_SENDER} calls (/webhook, /setup), "
+                     f"{'back to back' if PACE_S <= 0 else f'a pause of {PACE_S:g} s on average before each'}, with {PREDICT_CALLERS} "
                      f"/predict callers ({PREDICT_BATCH} tasks a call), {result.wall_s:.1f} s; "
                      f"background jobs seen (pre-annotation, training): {jobs_seen}"),
-        "senders": SENDERS, "requests_per_sender": REQUESTS_PER_SENDER, "predict_callers": PREDICT_CALLERS,
+        "senders": SENDERS, "requests_per_sender": REQUESTS_PER_SENDER, "pace_s": PACE_S,
+        "predict_callers": PREDICT_CALLERS,
         "predict_batch": PREDICT_BATCH, "wall_s": round(result.wall_s, 1),
         "background_jobs_seen": [list(pair) for pair in jobs_seen], "endpoints": figures,
     }
