@@ -258,14 +258,16 @@ class RedisKV(KV):
 
 
 def redis_timeouts(connect_timeout_s: float | None, socket_timeout_s: float | None) -> dict:
-    """redis-py connection options: these timeouts, one immediate retry on a connection error."""
+    """redis-py connection options: these timeouts, one immediate retry on a connection error.
+
+    A timeout is not retried: a Redis that accepts connections and never answers would otherwise
+    cost two socket timeouts per call (1 s with the defaults, all of a webhook's time)."""
     from redis.backoff import NoBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
     from redis.retry import Retry
 
     return {"socket_connect_timeout": connect_timeout_s, "socket_timeout": socket_timeout_s,
-            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError, RedisTimeoutError)),
+            "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             "retry_on_timeout": False}
 
 

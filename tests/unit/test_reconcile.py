@@ -231,3 +231,60 @@ def test_label_studio_is_asked_for_counts_on_the_first_sweep_and_after_deferred_
     services.webhooks.deferred.add("ANNOTATION_CREATED", {"annotation": {"id": 99}, "project": {"id": 5}})
     services.reconciler.sweep()
     assert len(asked) == 2
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers: a Redis host that hangs."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.accepted: list = []
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(connection)
+
+    def close(self) -> None:
+        for connection in self.accepted:
+            connection.close()
+        self.sock.close()
+
+
+def test_a_redis_that_never_answers_is_not_retried_and_webhooks_are_deferred(settings, keyword_runtime):
+    """A timeout is not retried (two socket timeouts would be all of a webhook's second); the
+    webhook is deferred like with a refused connection."""
+    import time
+
+    from ml_backend.kv import kv_from_settings
+
+    server = SilentServer()
+    try:
+        hung = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{server.port}/0"})
+        kv = kv_from_settings(hung)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            kv.get("anything")
+        assert len(server.accepted) == 1  # one connection, one timeout: no retry
+
+        app = create_app(hung.model_copy(update={"preannotate_auto": True}), runtime_loader=lambda: keyword_runtime)
+        client = app.test_client()
+        started = time.perf_counter()
+        assert client.post("/setup", json={"project": PROJECT, "schema": SENTIMENT_EN}).status_code == 200
+        print(f"/setup with a silent Redis: {time.perf_counter() - started:.2f} s")
+        started = time.perf_counter()
+        answer = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "annotation": {"id": 7},
+                                               "project": {"id": 5, "total_annotations_number": 1}})
+        print(f"webhook with a silent Redis: {answer.status_code} in {time.perf_counter() - started:.2f} s")
+        assert answer.status_code == 200 and answer.json["status"] == "deferred"
+    finally:
+        server.close()
