@@ -108,6 +108,7 @@ class Refinement:
         self.distributions = LLMDistributionCache(kv, ttl_s=settings.llm_distribution_ttl_s)
         self._served: dict[Path, ServedSLM | NerExamples] = {}
         self._unloadable: dict[Path, float] = {}  # directory → when loading it last failed
+        self._fallbacks_logged: set[tuple[Path, str]] = set()  # (damaged version, the one serving instead)
         self._lock = threading.Lock()
 
     def hook(self, profile: ProjectProfile) -> "ProjectHook | None":
@@ -129,8 +130,10 @@ class Refinement:
             for candidate in fallback_order(list_versions(root.parent), version)[1:]:
                 served = self._load(project_key, root / candidate)
                 if served is not None:
-                    log.warning("event=model_version_fallback project=%s version=%s serving=%s",
-                                project_key, version, candidate)
+                    if (root / version, candidate) not in self._fallbacks_logged:  # once, not per /predict
+                        self._fallbacks_logged.add((root / version, candidate))
+                        log.warning("event=model_version_fallback project=%s version=%s serving=%s",
+                                    project_key, version, candidate)
                     return served
             return None
 

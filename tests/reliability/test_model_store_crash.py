@@ -228,6 +228,11 @@ def test_a_damaged_current_version_is_skipped_and_the_previous_one_serves_predic
     assert prediction["result"][0]["value"]["choices"] == ["negative"]
     corrupt = [r.getMessage() for r in caplog.records if "event=model_version_corrupt" in r.getMessage()]
     assert corrupt and f"project={PROJECT} version=slm-0002" in corrupt[0]
+    with caplog.at_level(logging.WARNING):  # the next /predict: the same version serves, logged once
+        again = client.post("/predict", json={"tasks": [new], "project": PROJECT, "label_config": SENTIMENT_EN})
+    assert again.json["results"][0]["score"] == pytest.approx(prediction["score"], abs=1e-9)
+    fallbacks = [r.getMessage() for r in caplog.records if "event=model_version_fallback" in r.getMessage()]
+    assert len(fallbacks) == 1 and "version=slm-0002 serving=slm-0001" in fallbacks[0]
 
     versions = {v["version"]: v for v in client.get(f"/versions?project={PROJECT}").json["slm_versions"]}
     assert versions["slm-0002"]["current"] and not versions["slm-0002"]["serving"] and versions["slm-0002"]["error"]
