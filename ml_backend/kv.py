@@ -261,7 +261,8 @@ class RedisKV(KV):
 
     def sadd_count(self, key, members):
         members = list(members)
-        with self.client.pipeline(transaction=True) as pipe:
+        # No MULTI: the count is a snapshot either way (other webhooks add events concurrently).
+        with self.client.pipeline(transaction=False) as pipe:
             if members:
                 pipe.sadd(key, *members)
             pipe.scard(key)
