@@ -5,8 +5,8 @@ README "Load inside Label Studio's timeouts"), so every millisecond of CPU a web
 latency under load. This measures the CPU one request costs in-process (Flask's test client, the
 request runs in the calling thread, so `time.thread_time()` around it is its CPU), without gunicorn,
 sockets or the other load, for two code trees: `--baseline` (a git ref, extracted with `git archive`)
-and this checkout. Each tree runs in its own interpreter, alternately, `--rounds` times; the table
-shows the median per tree and new ÷ old.
+and this checkout. Each tree runs in its own interpreter, alternately, `--rounds` times; a run's
+figure is its median batch of 100 requests, the table shows the median of the rounds and new ÷ old.
 
 Scenarios, as Label Studio sends them (the load test's bodies: `tests/reliability/load.py`), on a
 connected project with a trained SLM version (its manifest is read per event):
@@ -15,11 +15,12 @@ connected project with a trained SLM version (its manifest is read per event):
 * `webhook_coalesced`: the same above the threshold while a training run is queued (coalesced into it);
 * `setup_unchanged`: /setup with an unchanged config (Label Studio calls it whenever a project opens);
 * the two busiest again with `REDIS_URL` (a throw-away redis-server, no rq worker, so the run stays
-  queued), counting Redis commands per request (`INFO commandstats`).
+  queued), counting Redis round trips per request (what this process sends) and commands
+  (`INFO commandstats`; a MULTI … EXEC pipeline is one round trip, several commands).
 
 Then cProfile's top functions (self time) for each tree and scenario.
 
-    .venv/bin/python benchmarks/bench_webhook.py [--baseline main] [--requests 2000] [--rounds 3]
+    .venv/bin/python benchmarks/bench_webhook.py [--baseline main] [--requests 2000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ PROJECT_KEY = f"{PROJECT}.1795457094"
 ANNOTATION_IDS = 200  # the burst's annotations per project: the event set grows to about this
 TRAINED_ANNOTATIONS = 150  # what the serving version learned (its manifest)
 WARM_UP = 50
+BATCH = 100  # requests per timed batch
 PROFILE_REQUESTS = 500
 PROFILE_TOP = 12
 
@@ -89,6 +91,29 @@ def _redis_commands(url: str | None) -> int | None:
 
     stats = redis.Redis.from_url(url).info("commandstats")
     return sum(int(entry["calls"]) for name, entry in stats.items() if name != "cmdstat_info")
+
+
+class RoundTrips:
+    """Counts what this process sends to Redis: one `send_packed_command` per command or pipeline,
+    each a round trip (redis-py waits for the answer before the next)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self) -> None:
+        from redis.connection import AbstractConnection
+
+        send = AbstractConnection.send_packed_command
+        counter = self
+
+        def counted(connection, command, check_health=True):
+            counter.count += 1
+            return send(connection, command, check_health)
+
+        AbstractConnection.send_packed_command = counted
+
+
+ROUND_TRIPS = RoundTrips()
 
 
 def _build(tmp: Path, scenario: str, redis_url: str | None):
@@ -144,11 +169,16 @@ def _measure(scenario: str, requests: int, redis_url: str | None) -> dict:
 
         send(WARM_UP)
         statuses.clear()
-        commands_before = _redis_commands(redis_url)
-        cpu, wall = time.thread_time(), time.perf_counter()
-        send(requests, WARM_UP)
-        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
-        commands = _redis_commands(redis_url)
+        commands_before, trips_before = _redis_commands(redis_url), ROUND_TRIPS.count
+        cpu_batches, wall_batches = [], []
+        for start in range(0, requests, BATCH):
+            count = min(BATCH, requests - start)
+            cpu, wall = time.thread_time(), time.perf_counter()
+            send(count, WARM_UP + start)
+            cpu_batches.append((time.thread_time() - cpu) / count)
+            wall_batches.append((time.perf_counter() - wall) / count)
+        commands, trips = _redis_commands(redis_url), ROUND_TRIPS.count - trips_before
+        measured = dict(statuses)
         profiler = cProfile.Profile()
         profiler.enable()
         send(PROFILE_REQUESTS, WARM_UP + requests)
@@ -156,8 +186,11 @@ def _measure(scenario: str, requests: int, redis_url: str | None) -> dict:
         stats = pstats.Stats(profiler)
         top = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:PROFILE_TOP]  # tottime
         return {
-            "cpu_ms": 1000 * cpu / requests, "wall_ms": 1000 * wall / requests, "statuses": statuses,
+            # the median batch: a shared machine's bursts of other work inflate some batches, not the median
+            "cpu_ms": 1000 * statistics.median(cpu_batches), "wall_ms": 1000 * statistics.median(wall_batches),
+            "statuses": measured,
             "redis_commands": None if commands is None else (commands - commands_before) / requests,
+            "redis_round_trips": None if commands is None else trips / requests,
             "profile_top": [{"function": f"{Path(file).name}:{line}({name})", "calls_per_request": calls / PROFILE_REQUESTS,
                              "self_ms_per_request": 1000 * tottime / PROFILE_REQUESTS,
                              "cumulative_ms_per_request": 1000 * cumtime / PROFILE_REQUESTS}
@@ -171,6 +204,8 @@ def measure_tree(scenarios: list[str], requests: int, redis_url: str | None) -> 
     import logging
 
     results = {}
+    if redis_url:
+        ROUND_TRIPS.install()
     for scenario in scenarios:
         url = redis_url if scenario.endswith("_redis") else None
         if scenario.endswith("_redis") and not redis_url:
@@ -240,8 +275,10 @@ def compare(rounds: dict[str, list[dict]]) -> list[dict]:
         for name in ("cpu_ms", "wall_ms"):
             before, after = statistics.median(r[name] for r in old), statistics.median(r[name] for r in new)
             row |= {f"{name} old": before, f"{name} new": after, f"{name} new/old": after / before}
-        if old[0]["redis_commands"] is not None:
-            row |= {"redis cmds old": old[0]["redis_commands"], "redis cmds new": new[0]["redis_commands"]}
+        for name, label in (("redis_round_trips", "redis trips"), ("redis_commands", "redis cmds")):
+            for side, runs in (("old", old), ("new", new)):
+                value = runs[0].get(name)
+                row[f"{label} {side}"] = value if value is not None else "-"
         row["statuses new"] = ", ".join(f"{k}×{v}" for k, v in sorted(new[0]["statuses"].items()))
         rows.append(row)
     return rows
@@ -251,7 +288,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default="main", help="git ref of the old code (default: main)")
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per scenario and round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per tree")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs per tree")
     parser.add_argument("--no-redis", action="store_true", help="skip the REDIS_URL scenarios")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: measure the tree at this path
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
