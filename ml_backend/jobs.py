@@ -217,10 +217,7 @@ class JobRunner(ABC):
         if coalesce_key is not None:
             marker = queued_key(coalesce_key)
             # A queued job waits at most JOB_TIMEOUT_S for its lease, so an older marker is stale.
-            while not self.kv.set_nx(marker, job_id, ttl_s=self.settings.job_timeout_s + 60):
-                queued = self.kv.get(marker)
-                if queued is None:
-                    continue
+            while (queued := self.kv.claim(marker, job_id, ttl_s=self.settings.job_timeout_s + 60)) is not None:
                 if self._is_pending(queued) or self._being_submitted(queued):
                     return Enqueued(job_id=queued, coalesced=True)
                 self.kv.release(marker, queued)  # its job is gone (lost queue, crashed process)
@@ -409,10 +406,15 @@ class RqRunner(JobRunner):
             return None
 
     def _is_pending(self, job_id):
-        job = self._fetch(job_id)
-        if job is None:
+        """One `HGET` of the job's status (a coalesced webhook asks this), not the whole job hash."""
+        from rq.exceptions import InvalidJobOperation
+        from rq.job import Job
+
+        try:
+            status = Job(job_id, connection=self.connection).get_status(refresh=True)
+        except InvalidJobOperation:  # no such job (expired, or its queue was lost)
             return False
-        return job.get_status(refresh=True) in ("queued", "scheduled", "deferred", "started")
+        return status in ("queued", "scheduled", "deferred", "started")
 
     def job_status(self, job_id):
         job = self._fetch(job_id)

@@ -28,6 +28,12 @@ class KV(ABC):
         """Set only if absent; True if this call set it."""
 
     @abstractmethod
+    def claim(self, key: str, value: str, *, ttl_s: float | None = None) -> str | None:
+        """`set_nx` and, when the key was taken, who holds it, in one atomic step (one Redis round
+        trip instead of two: a webhook's enqueue runs it): None when this call set the key, else
+        the value that holds it."""
+
+    @abstractmethod
     def renew(self, key: str, value: str, *, ttl_s: float) -> bool:
         """Extend the TTL only if the key still holds `value` (a lease its owner keeps alive)."""
 
@@ -43,6 +49,11 @@ class KV(ABC):
 
     @abstractmethod
     def smembers(self, key: str) -> set[str]: ...
+
+    @abstractmethod
+    def sadd_count(self, key: str, members: Iterable[str]) -> int:
+        """`sadd`, then the set's size, in one round trip; counting needs no copy of the members
+        (an event set holds up to thousands of them)."""
 
     @abstractmethod
     def move_set(self, source: str, destination: str) -> set[str]:
@@ -101,6 +112,14 @@ class MemoryKV(KV):
             self.set(key, value, ttl_s=ttl_s)
             return True
 
+    def claim(self, key, value, *, ttl_s=None):
+        with self._lock:
+            held = self._live(key)
+            if held is not None:
+                return held if isinstance(held, str) else ""
+            self.set(key, value, ttl_s=ttl_s)
+            return None
+
     def renew(self, key, value, *, ttl_s):
         with self._lock:
             if self._live(key) != value:
@@ -133,6 +152,12 @@ class MemoryKV(KV):
         with self._lock:
             value = self._live(key)
             return set(value) if isinstance(value, set) else set()
+
+    def sadd_count(self, key, members):
+        with self._lock:
+            self.sadd(key, members)
+            value = self._live(key)
+            return len(value) if isinstance(value, set) else 0
 
     def move_set(self, source, destination):
         with self._lock:
@@ -209,6 +234,13 @@ class RedisKV(KV):
     def set_nx(self, key, value, *, ttl_s=None):
         return bool(self.client.set(key, value, nx=True, px=self._ms(ttl_s)))
 
+    def claim(self, key, value, *, ttl_s=None):
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(key, value, nx=True, px=self._ms(ttl_s))
+            pipe.get(key)
+            claimed, held = pipe.execute()
+        return None if claimed else held
+
     def renew(self, key, value, *, ttl_s):
         return bool(self._renew(keys=[key], args=[value, self._ms(ttl_s)]))
 
@@ -226,6 +258,15 @@ class RedisKV(KV):
 
     def smembers(self, key):
         return set(self.client.smembers(key))
+
+    def sadd_count(self, key, members):
+        members = list(members)
+        # No MULTI: the count is a snapshot either way (other webhooks add events concurrently).
+        with self.client.pipeline(transaction=False) as pipe:
+            if members:
+                pipe.sadd(key, *members)
+            pipe.scard(key)
+            return int(pipe.execute()[-1])
 
     def move_set(self, source, destination):
         with self.client.pipeline(transaction=True) as pipe:

@@ -96,7 +96,9 @@ class LLMBackend:
             log.warning("event=extra_params_ignored project=%s reason=instruction_not_a_string", project_key)
             instruction = None
         overrides = self._project_settings(project_key, extra_params)
-        snapshot = self.store.load(project_key)
+        stored = self.store.stored(project_key)  # one read for "connected before?" and the snapshot
+        snapshot = stored if stored is not None else self.store.load(project_key)  # load: migrates old state
+        connected = stored is not None or self.store.exists(project_key)
         changed = snapshot.label_config != label_config or (
             instruction is not None and snapshot.instruction != instruction
         )
@@ -114,8 +116,8 @@ class LLMBackend:
             remember_setup_credentials(state, hostname, access_token)
 
         version = self.publisher.apply(
-            project_key, spec, remember if changed or not self.store.exists(project_key) else None,
-            reason="setup_new_version",
+            project_key, spec, remember if changed or not connected else None,
+            reason="setup_new_version", state=snapshot,
         )
         log.info("event=setup project=%s model_version=%s targets=%d", project_key, version, len(spec.targets))
         return version

@@ -117,7 +117,8 @@ class InvalidProjectId(ValueError):
 
 MAX_ID_DIGITS = 12  # Label Studio ids are database integers; creation times are unix seconds
 _PROJECT_KEY = re.compile(rf"(\d{{1,{MAX_ID_DIGITS}}})(?:\.(\d{{1,{MAX_ID_DIGITS}}}))?")
-DEFAULT_PROJECT = "default"  # requests that name no project (a bare /predict with a label_config)
+DEFAULT_PROJECT = "default"
+MAX_REMEMBERED_PATHS = 10_000  # store keys whose state-file path a ModelStore keeps (a few MB at most)  # requests that name no project (a bare /predict with a label_config)
 
 
 def project_key_of(project: Any) -> str | None:
@@ -235,11 +236,20 @@ class ModelStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.RLock()  # fcntl locks are per process: threads also take turns here
+        self._paths: dict[str, Path] = {}
 
     def _path(self, project_key: str) -> Path:
-        project_id, _, created = project_key.partition(".")
-        folder = self.root / f"project_{re.sub(r'[^A-Za-z0-9_-]', '_', project_id)[:MAX_ID_DIGITS + 8]}"
-        return (folder / created if created else folder) / "state.json"
+        """Where a key's state file is (memoized: every request asks several times, and building
+        a `Path` costs more than reading a small file's bytes)."""
+        path = self._paths.get(project_key)
+        if path is None:
+            project_id, _, created = project_key.partition(".")
+            folder = self.root / f"project_{re.sub(r'[^A-Za-z0-9_-]', '_', project_id)[:MAX_ID_DIGITS + 8]}"
+            path = (folder / created if created else folder) / "state.json"
+            if len(self._paths) >= MAX_REMEMBERED_PATHS:
+                self._paths.clear()  # keys come from requests: stay bounded
+            self._paths[project_key] = path
+        return path
 
     def project_dir(self, project_key: str) -> Path:
         """The folder of a project instance's files (its state, its trained SLM versions)."""
@@ -267,6 +277,16 @@ class ModelStore:
             migrated = self._migrate_legacy(project_key)
             return migrated or ProjectState(project_id=project_key)
         return self._read(path, project_key)
+
+    def stored(self, project_key: str) -> ProjectState | None:
+        """The project's stored state, None when none is stored under this key: `exists` and `load`
+        in one read (state written under a bare id by earlier versions is not migrated here, as
+        `exists` does not see it)."""
+        project_key = self.resolve(project_key)
+        try:
+            return self._read(self._path(project_key), project_key)
+        except FileNotFoundError:
+            return None
 
     def update(self, project_key: str, change: Callable[[ProjectState], Any]) -> ProjectState:
         """The one read-modify-write: under the project's lock, load the current state, let

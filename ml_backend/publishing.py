@@ -53,11 +53,13 @@ class Publisher:
         *,
         reason: str,
         always: bool = False,
+        state: ProjectState | None = None,
     ) -> str:
         """Apply `change` to the stored state (if any), and pre-annotate the project in the
         background when its version was never pre-annotated (first connection, new config or
         instruction) and PREANNOTATE_AUTO is on (`always`: whatever the setting, for an explicit
-        request). Returns the project's version."""
+        request). Returns the project's version. `state`: the state the caller has just read,
+        used instead of reading it again when there is no `change` (a /setup of an unchanged project)."""
         wanted = always or self.settings.preannotate_auto
         auto = self.bulk is not None and wanted and is_label_studio_project(project_key)
         outcome: dict[str, Any] = {}
@@ -71,7 +73,7 @@ class Publisher:
                 state.triggered_version = version
 
         if change is None:
-            state = self.store.load(project_key)
+            state = state if state is not None else self.store.load(project_key)
             version = self.profiles.version(state, spec)
             if not (auto and state.triggered_version != version):
                 return version  # nothing to write: no lock, no disk write

@@ -32,13 +32,13 @@ from ml_backend.config import Settings
 from ml_backend.human_labels import is_automatic
 from ml_backend.jobs import Enqueued, JobRunner, retrying
 from ml_backend.kv import KV
-from ml_backend.model_store import ModelStore, is_label_studio_id
+from ml_backend.model_store import ModelStore, ProjectState, is_label_studio_id
 from ml_backend.project_settings import effective
 from ml_backend.slm_model import (
     ModelFormatError,
     choose_serving_version,
     list_versions,
-    serving_manifest,
+    trained_annotation_count,
     verify_version,
     version_summary,
     versions_dir,
@@ -96,14 +96,19 @@ class Retraining:
         self.store = store
         self.status_store = TrainingStatus(kv)
 
-    def annotation_changed(self, project_key: str, action: str, data: dict[str, Any]) -> dict[str, Any]:
+    def annotation_changed(
+        self, project_key: str, action: str, data: dict[str, Any], *, state: ProjectState | None = None
+    ) -> dict[str, Any]:
+        """Record the event; enqueue a run when enough are pending or the count drifted. `state`: the
+        project's state if the caller has just loaded it (a webhook reads the state file once)."""
         if is_automatic(data.get("annotation")):  # auto-accept's own annotation: nothing for the SLM to learn
             return {"status": "ignored", "reason": "an automatic (auto-accepted) annotation"}
-        self.kv.sadd(keys.training_events(project_key), [f"{action}:{i}" for i in annotation_ids(action, data)])
-        pending = len(self.kv.smembers(keys.training_events(project_key)))
-        settings = effective(self.settings, self.store.load(project_key).project_settings)
+        events = [f"{action}:{i}" for i in annotation_ids(action, data)]
+        pending = self.kv.sadd_count(keys.training_events(project_key), events)
+        state = state if state is not None else self.store.load(project_key)
+        settings = effective(self.settings, state.project_settings)
         needed = settings.train_min_new_annotations
-        drift = self._annotation_drift(project_key, data.get("project"))
+        drift = self._annotation_drift(project_key, data.get("project"), state)
         if not settings.training_auto:
             return {"status": "recorded", "pending": pending, "reason": "training_auto is off: press Start Training"}
         if pending < needed and drift < needed:
@@ -129,20 +134,19 @@ class Retraining:
         # "job" is what Label Studio records as the connection's training job.
         return {"status": "queued", "job": enqueued.job_id, "coalesced": enqueued.coalesced}
 
-    def _annotation_drift(self, project_key: str, project: Any) -> int:
+    def _annotation_drift(self, project_key: str, project: Any, state: ProjectState) -> int:
         """|annotations Label Studio counts now − annotations the serving version learned from|."""
         total = project.get("total_annotations_number") if isinstance(project, dict) else None
         if not isinstance(total, int) or isinstance(total, bool):
             return 0
-        seen = self.trained_annotations(project_key)
+        seen = self.trained_annotations(project_key, state)
         return abs(total - seen) if seen is not None else total
 
-    def trained_annotations(self, project_key: str) -> int | None:
-        manifest = serving_manifest(self.store.project_dir(project_key), self.store.load(project_key).slm_version)
-        if manifest is None:
-            return None
-        counts = manifest.get("counts") or {}
-        return int(counts.get("annotations_total", counts.get("annotations", 0)))
+    def trained_annotations(self, project_key: str, state: ProjectState | None = None) -> int | None:
+        """How many annotations the serving version learned from (its manifest's counts); None
+        before the first run. `state`: the project's state if the caller holds it already."""
+        state = state if state is not None else self.store.load(project_key)
+        return trained_annotation_count(self.store.project_dir(project_key), state.slm_version)
 
     # --- what users look at ------------------------------------------------------------------
     def status(self, project_key: str) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ml_backend.file_cache import ParsedFileCache
 from ml_backend.review_priority import PriorityModel
 from ml_backend.review_priority import features as priority_features
 from ml_backend.review_priority import priority as priority_of
@@ -479,6 +480,29 @@ def serving_manifest(project_dir: Path, version: str | None) -> dict[str, Any] |
     try:
         return read_manifest(versions_dir(project_dir) / version)
     except ModelFormatError:
+        return None
+
+
+def _annotations_learned(manifest_path: Path) -> int:
+    manifest = read_manifest(manifest_path.parent)
+    counts = manifest.get("counts") or {}
+    return int(counts.get("annotations_total", counts.get("annotations", 0)))
+
+
+_annotations_learned_cache: ParsedFileCache[int] = ParsedFileCache(_annotations_learned)
+
+
+def trained_annotation_count(project_dir: Path, version: str | None) -> int | None:
+    """How many annotations a project's serving version learned from (its manifest's counts);
+    None when there is no version or its manifest is unreadable (callers: never trained).
+
+    Every annotation webhook asks this (the count-drift rule), so the count is kept per manifest
+    file while the file is unchanged (`file_cache`): one `stat` per event instead of a parse."""
+    if not version:
+        return None
+    try:
+        return _annotations_learned_cache.get(os.path.join(versions_dir(project_dir), version, MANIFEST_FILE))
+    except (OSError, ModelFormatError):  # no manifest, or one that does not parse: as `serving_manifest`
         return None
 
 

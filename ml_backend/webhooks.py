@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from ml_backend.config import Settings
 from ml_backend.errors import UnsupportedConfig
 from ml_backend.kv import is_unavailable
-from ml_backend.model_store import ModelStore, is_label_studio_id
+from ml_backend.label_config import parse_label_config
+from ml_backend.model_store import ModelStore, ProjectState, is_label_studio_id
 from ml_backend.profile import Profiles
 from ml_backend.publishing import Publisher
 from ml_backend.retraining import ANNOTATION_EVENTS, FORCE_EVENT, Retraining
@@ -186,29 +187,32 @@ class WebhookHandlers:
 
     def untrainable_reason(self, project_key: str | None) -> str | None:
         """Why this project cannot train now (None: it can)."""
+        return self._trainable_state(project_key)[1]
+
+    def _trainable_state(self, project_key: str | None) -> tuple[ProjectState | None, str | None]:
+        """The project's stored state (read once: the webhook hands it on) and why it cannot
+        train now (None: it can)."""
         if self.retraining is None:
-            return "training is not enabled in this process"
-        if not project_key or not self.store.exists(project_key):
-            return "unknown project: connect it so /setup runs"
-        state = self.store.load(project_key)
-        if not state.label_config:
-            return "unknown project: connect it so /setup runs"
+            return None, "training is not enabled in this process"
+        state = self.store.stored(project_key) if project_key else None
+        if state is None or not state.label_config:
+            return state, "unknown project: connect it so /setup runs"
         try:
-            spec = self.profiles.of_state(state).spec
+            spec = parse_label_config(state.label_config)  # what the profile would parse (cached), without its version
         except UnsupportedConfig as exc:
-            return exc.message
+            return state, exc.message
         trainable = any(not t.multiple for t in spec.classification_targets) or any(
             t.object_tag == "Text" for t in spec.span_targets
         )
-        return None if trainable else "nothing to learn: no single-choice <Choices> and no <Labels> on a Text"
+        return state, None if trainable else "nothing to learn: no single-choice <Choices> and no <Labels> on a Text"
 
     def annotation_changed(self, action: str, project_key: str | None, data: dict[str, Any]) -> dict[str, Any]:
         """An annotation was created, changed or deleted: count it; train once enough changed."""
-        reason = self.untrainable_reason(project_key)
+        state, reason = self._trainable_state(project_key)
         if reason is not None:
             log.info("event=webhook_ignored action=%s project=%s reason=%s", action, project_key, reason)
             return {"status": "ignored", "reason": reason}
-        return self.retraining.annotation_changed(project_key, action, data)
+        return self.retraining.annotation_changed(project_key, action, data, state=state)
 
     def start_training(self, project_key: str | None, data: dict[str, Any]) -> dict[str, Any]:
         """Start Training (the button, or POST /train): a run now. Label Studio records `job`."""

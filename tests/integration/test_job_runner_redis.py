@@ -93,3 +93,22 @@ def test_run_job_waits_for_the_running_lease(rq_context):
     kv.set("lsllm:running:project:9", "a-killed-job", ttl_s=1.5)  # its heartbeat died with it
     assert run_job(f"{__name__}.record_call", ["x"], "project:9", "job-2", context=context) == "x"
     assert kv.get("lsllm:running:project:9") is None  # taken after the dead job's lease expired, then released
+
+
+def test_redis_claim_and_sadd_count_match_the_in_process_store(rq_context):
+    kv = rq_context.kv
+    assert kv.claim("lsllm:queued:p", "job-1", ttl_s=60) is None
+    assert kv.claim("lsllm:queued:p", "job-2", ttl_s=60) == "job-1"
+    assert 0 < kv.client.pttl("lsllm:queued:p") <= 60_000
+    assert kv.sadd_count("lsllm:events", ["a", "b"]) == 2
+    assert kv.sadd_count("lsllm:events", ["b", "c"]) == 3
+    assert kv.sadd_count("lsllm:events", []) == 3
+    assert kv.sadd_count("lsllm:empty", []) == 0
+
+
+def test_a_coalesced_enqueue_of_a_job_whose_hash_is_gone_queues_a_new_one(rq_context):
+    runner = rq_context.runner
+    first = runner.enqueue(f"{__name__}.record_call", "a", coalesce_key="project:6")
+    rq_context.kv.client.delete(f"rq:job:{first.job_id}")  # rq's job expired or its queue was flushed
+    second = runner.enqueue(f"{__name__}.record_call", "b", coalesce_key="project:6")
+    assert not second.coalesced and second.job_id != first.job_id

@@ -137,3 +137,21 @@ def test_a_job_past_its_timeout_stops_at_the_next_check(tmp_path):
     with pytest.raises(JobTimeout):
         run_job(f"{__name__}.slow_loop_job", [], "k", "job-1", context=context)
     assert runner.running_job("k") is None  # the lease is released on failure
+
+
+def test_claim_sets_an_absent_key_and_names_the_holder_of_a_taken_one():
+    kv = MemoryKV()
+    assert kv.claim("lsllm:queued:p", "job-1", ttl_s=60) is None
+    assert kv.claim("lsllm:queued:p", "job-2", ttl_s=60) == "job-1"
+    assert kv.get("lsllm:queued:p") == "job-1"
+    assert kv.release("lsllm:queued:p", "job-1")
+    assert kv.claim("lsllm:queued:p", "job-2") is None
+
+
+def test_sadd_count_adds_and_counts_distinct_members():
+    kv = MemoryKV()
+    assert kv.sadd_count("lsllm:events", ["a", "b"]) == 2
+    assert kv.sadd_count("lsllm:events", ["b", "c"]) == 3
+    assert kv.sadd_count("lsllm:events", []) == 3
+    assert kv.sadd_count("lsllm:empty", []) == 0
+    assert kv.smembers("lsllm:events") == {"a", "b", "c"}

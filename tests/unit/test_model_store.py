@@ -174,3 +174,14 @@ def test_newest_instance_of_a_bare_id():
 
     assert newest_instance("3", ["3.100", "3.200", "4.150", "3", "33.900"]) == "3.200"
     assert newest_instance("5", ["3.100"]) is None
+
+
+def test_stored_is_the_state_or_none_and_does_not_migrate(tmp_path):
+    store = ModelStore(tmp_path)
+    assert store.stored("4.1795612540") is None
+    store.update("4.1795612540", _set(label_config="<View/>"))
+    assert store.stored("4.1795612540").label_config == "<View/>"
+    assert store.stored("4").project_id == "4.1795612540"  # a bare id: the newest instance, as load
+    atomic_write_text(tmp_path / "project_5" / "state.json", json.dumps({"project_id": "5", "instruction": "old"}))
+    assert store.stored("5.1795612540") is None and not store.exists("5.1795612540")  # as exists: not migrated
+    assert (tmp_path / "project_5" / "state.json").exists()

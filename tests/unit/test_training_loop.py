@@ -416,3 +416,34 @@ def test_the_report_compares_the_pre_annotations_annotators_saw_with_their_label
     page = client.get(f"/report?project={PROJECT}")
     assert page.status_code == 200 and page.mimetype == "text/html"
     assert b"<table>" in page.data and b"data:image/png;base64," in page.data
+
+
+def test_an_annotation_webhook_reads_the_state_once_and_the_drift_uses_the_served_count(loop, monkeypatch):
+    """Label Studio gives a webhook 1 s and sends many: one read of the project's state per event,
+    and the serving version's count (its manifest, kept while the file is unchanged) still decides."""
+    import os
+    import time
+
+    app, client, services, fake, _ = loop
+    _annotate(client, fake, range(1, 11))
+    services.runner.wait_idle(60)
+    services.runner.wait_idle(60)
+    version = services.store.load(PROJECT).slm_version
+    manifest = versions_dir(services.store.project_dir(PROJECT)) / version / "manifest.json"
+    an_hour_ago = time.time() - 3600
+    os.utime(manifest, (an_hour_ago, an_hour_ago))  # a version serving for an hour: its count is cached
+    learned = services.retraining.trained_annotations(PROJECT)
+    assert learned == 10
+    reads = []
+    read = ModelStore._read
+    monkeypatch.setattr(ModelStore, "_read", staticmethod(lambda path, key: reads.append(key) or read(path, key)))
+
+    def webhook(annotation_id: int, total: int) -> dict:
+        return client.post("/webhook", json={
+            "action": "ANNOTATION_UPDATED", "annotation": {"id": annotation_id},
+            "project": {"id": 5, "total_annotations_number": total}}).json
+
+    assert webhook(1, learned)["status"] == "waiting"  # one event pending, no drift
+    assert reads == [PROJECT]
+    assert webhook(2, learned + 5)["status"] == "queued"  # drifted by TRAIN_MIN_NEW_ANNOTATIONS: a run
+    assert reads == [PROJECT, PROJECT]
