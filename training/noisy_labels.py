@@ -184,6 +184,12 @@ class NoisyLabelOptions:
     llm_evidence: float = 0.0  # exponent of the LLM's own distribution in the posterior (0 = SLM only)
     per_class_split: bool = True  # one mixture per LLM label: a harder class is not emptied by an easier one
     rebalance: bool = True  # reweight the training labels to the project's estimated label mix
+    # With enough human labels, how much to trust the LLM's is measured, not assumed: each of these
+    # human weights, and "human labels only" (0 = no candidates), is judged by cross-validated
+    # accuracy on the human labels; see training.slm.choose_human_weight.
+    human_weight_candidates: tuple[float, ...] = (3.0, 30.0)
+    min_labels_to_choose_weight: int = 30
+    weight_selection_folds: int = 3
 
 
 @dataclass

@@ -17,6 +17,7 @@ from training.blend import (
 )
 from ml_backend.encoders import EmbeddingCache, embed_texts
 from training.noisy_labels import (
+    NoisyLabelOptions,
     confident_learning_issues,
     gmm_clean_probability,
     learn_from_noisy_labels,
@@ -319,3 +320,33 @@ def test_rebalanced_weights_restore_the_projects_label_mix():
     balanced = rebalanced_weights(labels, weights, np.array([0.5, 0.5]))
     assert balanced[labels == 0].sum() == pytest.approx(balanced[labels == 1].sum())
     assert balanced[labels == -1].sum() == 0
+
+
+def _human_labels(truth, n_human, seed=0):
+    human = np.full(len(truth), -1)
+    chosen = np.random.default_rng(seed).choice(len(truth), size=n_human, replace=False)
+    human[chosen] = truth[chosen]
+    return human
+
+
+def test_human_labels_alone_win_the_weight_choice_when_the_llm_labels_are_near_chance():
+    X, truth, _, _ = _clusters(n=500, n_classes=3, noise=0.0, seed=3)
+    rng = np.random.default_rng(4)
+    # An LLM right on ~40 % of 3 labels, wrong in a systematic way (one class read as the next).
+    llm_labels = np.where(rng.random(len(truth)) < 0.4, truth, (truth + 1) % 3)
+    human = _human_labels(truth, 60)
+    model = SLMClassifier(method="noisy", seed=0).fit(X, _one_hot_soft(llm_labels, 3), human)
+    assert model.metrics_["human_weight"] == "human only"
+    assert set(model.metrics_["human_weight_cv_accuracy"]) == {"3", "30", "human only"}
+    fixed = SLMClassifier(method="noisy", seed=0,
+                          options=NoisyLabelOptions(human_weight_candidates=())).fit(X, _one_hot_soft(llm_labels, 3), human)
+    assert (model.predict(X) == truth).mean() > (fixed.predict(X) == truth).mean() + 0.2
+
+
+def test_a_good_llm_keeps_its_labels_and_too_few_human_labels_choose_nothing():
+    X, truth, llm_labels, _ = _clusters(n=500, n_classes=3, noise=0.1, seed=5, spread=2.0)
+    model = SLMClassifier(method="noisy", seed=0).fit(X, _one_hot_soft(llm_labels, 3), _human_labels(truth, 40))
+    assert model.metrics_["human_weight"] != "human only"
+    assert model.counts_["clean_llm_labels"] > 0
+    few = SLMClassifier(method="noisy", seed=0).fit(X, _one_hot_soft(llm_labels, 3), _human_labels(truth, 29))
+    assert "human_weight" not in few.metrics_
