@@ -116,6 +116,13 @@ def calibrate(calibration: dict[str, Any] | None, confidence: np.ndarray) -> np.
     raise ModelFormatError(f"unknown calibration method {method!r}")
 
 
+def restore_prior(corrected: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """The inverse of `bias_correction.divide_out_prior` with the same prior: the distribution as
+    the LLM read it (a sibling module, so the one line is here rather than imported)."""
+    out = np.asarray(corrected, dtype=np.float64) * np.clip(np.asarray(prior, dtype=np.float64), 1e-12, None)[None, :]
+    return out / out.sum(axis=1, keepdims=True)
+
+
 def blend_and_score(llm_probabilities: np.ndarray, slm_probabilities: np.ndarray,
                     weights: tuple[float, float] | list[float], calibration: dict[str, Any] | None, *,
                     priority: PriorityModel | None = None, clusters: np.ndarray | None = None) -> BlendedScores:
@@ -196,7 +203,11 @@ class ServedSLM:
         return None if self.centroids is None or not len(self.centroids) else nearest_centroid(embeddings, self.centroids)
 
     def score(self, llm_probabilities: np.ndarray, embeddings: np.ndarray) -> BlendedScores:
+        """`llm_probabilities` as the predictor corrects them; a version trained on the LLM's
+        uncorrected read-out (`training.llm_teacher`) records the prior to put back first."""
         blend = self.blend
+        if blend.get("llm_prior"):
+            llm_probabilities = restore_prior(llm_probabilities, np.asarray(blend["llm_prior"], dtype=np.float64))
         return blend_and_score(llm_probabilities, self.slm_probabilities(embeddings),
                                blend.get("weights", (1.0, 1.0)), blend.get("calibration"),
                                priority=self.priority, clusters=self.clusters(embeddings))

@@ -9,7 +9,9 @@ thread runs it with the composition root's services. One run, stage by stage:
     llm        the LLM's distribution of every task: cached ones (`ml_backend.llm_cache`, filled
                by pre-annotation and /predict) are reused; only missing tasks are scored, in batches
     embed      frozen-encoder embeddings (cached on disk per text: the expensive part, once per task)
-    fit        noisy-label SLM (`SLMClassifier`, method "noisy") on LLM labels + human labels; the
+    fit        which LLM distribution to learn from (`training.llm_teacher`: bias-corrected, or the
+               read-out itself where that is clearly more consistent with the embeddings);
+               noisy-label SLM (`SLMClassifier`, method "noisy") on LLM labels + human labels; the
                LLM × SLM blend and the P(correct) calibration on the human labels, cross-fitted;
                the text clusters and the queue's P(correct) model (`fit_queue_priority`)
     save       `MODEL_DIR/<project>/slm/<version>/` written to a temporary directory and renamed:
@@ -52,6 +54,7 @@ from ml_backend.review_priority import features as priority_features
 from ml_backend.versioning import llm_version
 from training.annotations import annotations_fingerprint, combine_annotations, human_annotations
 from training.blend import LLMSLMBlend
+from training.llm_teacher import LLMTeacher, choose_llm_teacher
 from training.ner_examples import examples_of, save_ner_examples
 from training.slm import SLMClassifier
 
@@ -179,11 +182,16 @@ class TrainingRun:
         human_labels = np.array([h.label if h is not None else -1 for h in human], dtype=int)
         llm_probabilities = self._llm_distributions(profile, target, tasks, texts)
         embeddings = self._embed(texts)
-        slm, blend, metrics = self._fit(embeddings, llm_probabilities, human_labels, labels)
-        queue = fit_queue_priority(embeddings, llm_probabilities, slm.oof_probabilities_, human_labels, blend)
+        teacher = choose_llm_teacher(embeddings, llm_probabilities, applied_label_bias(profile, target))
+        slm, blend, metrics = self._fit(embeddings, teacher.probabilities, human_labels, labels)
+        queue = fit_queue_priority(embeddings, teacher.probabilities, slm.oof_probabilities_, human_labels, blend)
         metrics.update(queue.metrics)
+        metrics.update({"llm_teacher_uncorrected": float(teacher.prior is not None),
+                        **{f"llm_consistency_{name}": value for name, value in teacher.consistency.items()}})
+        log.info("event=training_llm_teacher project=%s teacher=%s consistency=%s", self.project_key, teacher.name,
+                 ",".join(f"{name}:{value:.3f}" for name, value in teacher.consistency.items()) or "-")
         version = self._save(slm, blend, metrics, profile, target, human, fingerprint, len(tasks), annotations_total,
-                             queue)
+                             queue, teacher)
         model_version = self._publish(version)
         return {"slm_version": version, "model_version": model_version, "metrics": metrics,
                 "tasks": len(tasks), "human_labels": int((human_labels >= 0).sum()), "timings_s": self.timings}
@@ -278,7 +286,7 @@ class TrainingRun:
 
     def _save(self, slm: SLMClassifier, blend: LLMSLMBlend, metrics: dict[str, float], profile: ProjectProfile,
               target: Target, human: list, fingerprint: str, n_tasks: int, annotations_total: int,
-              queue: "QueuePriority") -> str:
+              queue: "QueuePriority", teacher: LLMTeacher) -> str:
         started = time.perf_counter()
         self._stage("save", 0, 1)
         project_dir = self.context.store.project_dir(self.project_key)
@@ -290,7 +298,8 @@ class TrainingRun:
             "llm_version": llm_version(profile.version),
             "annotations_fingerprint": fingerprint,
             "blend": {"weights": blend_state["weights"], "calibration": blend_state["calibration"],
-                      "human_labels": int(sum(h is not None for h in human))},
+                      "human_labels": int(sum(h is not None for h in human)),
+                      "llm_prior": list(teacher.prior) if teacher.prior is not None else None},
             # annotations_total counts as Label Studio's total_annotations_number does (not skipped),
             # so an event's count can be compared with it (`retraining`, reconciliation).
             "counts": {**slm.counts_, "annotations": int(sum(h.annotations for h in human if h is not None)),
@@ -361,6 +370,15 @@ def fit_queue_priority(embeddings: np.ndarray, llm: np.ndarray, slm_oof: np.ndar
     model = fit_priority(x, correct, cluster_offsets_=per_cluster)
     return QueuePriority(model, centroids, {"priority_reviewed": float(rows.sum()),
                                             "priority_fitted": float(model.kind == "fitted")})
+
+
+def applied_label_bias(profile: ProjectProfile, target: Target) -> np.ndarray | None:
+    """The prior the predictor divides out of this target's LLM read-out (prior matching), if any."""
+    learned = profile.cold_start.get(target.from_name)
+    if profile.options.bias_calibration != "prior_matching" or learned is None or not learned.label_bias:
+        return None
+    bias = np.asarray(learned.label_bias, dtype=np.float64)
+    return bias if len(bias) == len(target.result_values) else None
 
 
 def trainable_target(profile: ProjectProfile) -> Target:

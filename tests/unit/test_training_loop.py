@@ -202,6 +202,8 @@ def test_predict_serves_the_blend_with_its_calibrated_score(loop):
     assert answer["results"][1]["score"] == pytest.approx(float(expected.score[0]), abs=1e-6)
     assert answer["results"][1]["cluster"] == int(expected.cluster[0])
     assert served.priority is not None and served.manifest["priority"]["n_reviewed"] == 40
+    # Which LLM distribution the SLM learned from is recorded, with the consistency behind it.
+    assert "llm_prior" in served.blend and served.manifest["metrics"]["llm_teacher_uncorrected"] in (0.0, 1.0)
 
 
 def test_nothing_new_means_no_new_version_but_start_training_retrains(loop):
