@@ -13,12 +13,20 @@ are scored. Rows, each on the same encoder (EmbeddingGemma-300M by default):
 (a) the LLM (cold start: label definitions, full label sequences, estimated-prior matching);
 (c) SLM trained naively on the LLM labels (human labels override, weighted up);
 (d) SLM on LLM labels minus cleanlab ``find_label_issues`` flags (out-of-fold, default settings);
-(e) our noisy-label SLM (GMM divide on out-of-fold losses + consistent pseudo-labels);
-(f) the served blend of (a) and (e), weights and calibrator fit on the k human labels (cross-fitted);
+(e) our noisy-label SLM (GMM divide on out-of-fold losses + consistent pseudo-labels), taught by the
+    LLM distribution the training job would choose (`training.llm_teacher`: the corrected one,
+    or the read-out where that is clearly more consistent with the embeddings; `teacher` column);
+(f) the served blend of (a) and (e), weights and calibrator fit on the k human labels (cross-fitted),
+    scored as the backend serves it: the `score` Label Studio gets is the queue's P(correct)
+    (`ml_backend.review_priority`: the blend's calibrated top, the LLM's and SLM's confidence,
+    disagreement and the text cluster's reviewed accuracy, fit on the k human labels from 30 on);
 gold: the SLM trained on every train text's gold label (the ceiling; independent of k).
 
 Metrics on test: accuracy, balanced accuracy, ECE and AUROC of the confidence (for (f): the
-calibrated score) vs correctness. "LLM label wrong" detection on the train tasks without a human
+served score; `ece_blend_top`/`auroc_blend_top`: the blend's own calibrated top) vs correctness.
+`ece_floor` on (f): the mean ECE that a perfectly calibrated score with the same values would show on
+the same number of test tasks (outcomes drawn from the score itself), i.e. the sampling noise
+below which no ECE can be told apart from calibrated. "LLM label wrong" detection on the train tasks without a human
 label: precision/recall of (e)'s P(clean) < 0.5 vs cleanlab's flags. Seeds average k > 0 rows.
 Prints tables and writes benchmarks/results/slm.json.
 """
@@ -47,7 +55,12 @@ from benchmarks.slm_data import (  # noqa: E402
     texts_and_gold,
 )
 from ml_backend.metrics import auroc, balanced_accuracy, expected_calibration_error  # noqa: E402
+from ml_backend.review_priority import features as priority_features, priority  # noqa: E402
+from ml_backend.bias_correction import estimated_prior_bias  # noqa: E402
+from ml_backend.slm_model import nearest_centroid, restore_prior  # noqa: E402
+from training.llm_teacher import choose_llm_teacher  # noqa: E402
 from training.blend import BlendOptions, LLMSLMBlend  # noqa: E402
+from training.job import fit_queue_priority  # noqa: E402
 from ml_backend.encoders import EmbeddingCache, embed_texts  # noqa: E402
 from training.slm import SLMClassifier  # noqa: E402
 
@@ -73,6 +86,22 @@ def quality(gold: np.ndarray, probabilities: np.ndarray, confidence: np.ndarray 
             "ece": expected_calibration_error(confidence, correct), "auroc": auroc(confidence, correct)}
 
 
+def ece_floor(score: np.ndarray, draws: int = 200, seed: int = 0) -> float:
+    """Mean ECE of a perfectly calibrated score with these values on this many tasks."""
+    rng = np.random.default_rng(seed)
+    return float(np.mean([expected_calibration_error(score, rng.random(len(score)) < score) for _ in range(draws)]))
+
+
+def served_score(X_train: np.ndarray, X_test: np.ndarray, llm_train: np.ndarray, llm_test: np.ndarray,
+                 noisy: SLMClassifier, human: np.ndarray, blend: LLMSLMBlend, served) -> np.ndarray:
+    """The `score` the backend writes for each test task: the training job's queue priority model
+    (`training.job.fit_queue_priority`) applied as `ml_backend.slm_model` applies it."""
+    queue = fit_queue_priority(X_train, llm_train, noisy.oof_probabilities_, human, blend)
+    cluster = queue.model.cluster_feature(nearest_centroid(X_test, queue.centroids), len(X_test))
+    x = priority_features(llm_test, noisy.predict_proba(X_test), served.probabilities, served.score, cluster)
+    return priority(queue.model, x)
+
+
 def detection(flagged: np.ndarray, wrong: np.ndarray) -> dict:
     hits = int((flagged & wrong).sum())
     return {"flagged": int(flagged.sum()), "precision": hits / max(1, int(flagged.sum())),
@@ -94,12 +123,16 @@ def run_dataset(dataset: str, args, encoder) -> tuple[list[dict], list[dict], di
     n = len(texts)
     X = embed_texts(encoder, texts, embeddings).astype(np.float64)
     llm = load_llm(args.cache_dir, dataset, texts)
-    raw, _ = load_llm_raw(args.cache_dir, dataset, texts)
+    raw, anchors = load_llm_raw(args.cache_dir, dataset, texts)
+    label_bias = estimated_prior_bias(raw, anchors)  # what load_llm divided out: the cold start's label_bias
     train, test = np.arange(n_train), np.arange(n_train, n)
     X_train, X_test, llm_train, llm_test = X[train], X[test], llm[train], llm[test]
     gold_train, gold_test = gold[train], gold[test]
     n_classes = len(label_names)
     llm_train_wrong = llm_train.argmax(axis=1) != gold_train
+    teacher = choose_llm_teacher(X_train, llm_train, label_bias)  # as the training job chooses (no labels needed)
+    teacher_train = teacher.probabilities
+    teacher_test = llm_test if teacher.prior is None else restore_prior(llm_test, np.asarray(teacher.prior))
 
     ceiling = SLMClassifier(method="human", cross_fit=False).fit(X_train, None, gold_train, n_classes=n_classes)
     fixed = {"(a) LLM": quality(gold_test, llm_test), "gold SLM": quality(gold_test, ceiling.predict_proba(X_test))}
@@ -119,24 +152,30 @@ def run_dataset(dataset: str, args, encoder) -> tuple[list[dict], list[dict], di
             for name, method in (("(c) SLM naive", "naive"), ("(d) SLM cleanlab", "cleanlab"),
                                  ("(e) SLM noisy", "noisy")):
                 started = time.perf_counter()
-                models[name] = SLMClassifier(method=method, seed=seed).fit(X_train, llm_train, human)
+                taught_by = teacher_train if method == "noisy" else llm_train
+                models[name] = SLMClassifier(method=method, seed=seed).fit(X_train, taught_by, human)
                 if method == "noisy":
                     fit_seconds.append(time.perf_counter() - started)
                 per_seed[name].append(quality(gold_test, models[name].predict_proba(X_test)))
             noisy = models["(e) SLM noisy"]
             rows_h = np.flatnonzero(human >= 0)
-            blend = LLMSLMBlend(BlendOptions(seed=seed)).fit(llm_train[rows_h], noisy.oof_probabilities_[rows_h],
+            blend = LLMSLMBlend(BlendOptions(seed=seed)).fit(teacher_train[rows_h], noisy.oof_probabilities_[rows_h],
                                                              gold_train[rows_h])
-            served = blend.predict(llm_test, noisy.predict_proba(X_test))
-            per_seed["(f) blend"].append({**quality(gold_test, served.probabilities, served.score),
+            served = blend.predict(teacher_test, noisy.predict_proba(X_test))
+            score = served_score(X_train, X_test, teacher_train, teacher_test, noisy, human, blend, served)
+            blend_top = quality(gold_test, served.probabilities, served.score)
+            per_seed["(f) blend"].append({**quality(gold_test, served.probabilities, score),
+                                          "ece_blend_top": blend_top["ece"], "auroc_blend_top": blend_top["auroc"],
+                                          "ece_floor": ece_floor(score, seed=seed),
                                           "weights": list(blend.weights_), "calibration": blend.calibration()["method"],
                                           "llm_wrong_auroc": auroc(served.llm_wrong_probability,
-                                                                   llm_test.argmax(1) != gold_test),
+                                                                   teacher_test.argmax(1) != gold_test),
                                           "disagreement_rate": float(served.disagreement.mean())})
             per_seed["(a) LLM"].append(fixed["(a) LLM"])
             per_seed["gold SLM"].append(fixed["gold SLM"])
             unlabeled = human < 0
-            det["ours (e)"].append(detection((noisy.clean_probability_ < 0.5)[unlabeled], llm_train_wrong[unlabeled]))
+            teacher_wrong = teacher_train.argmax(axis=1) != gold_train  # (e) judges the labels it was taught
+            det["ours (e)"].append(detection((noisy.clean_probability_ < 0.5)[unlabeled], teacher_wrong[unlabeled]))
             cleanlab_model = models["(d) SLM cleanlab"]
             cleanlab_implementation = cleanlab_model.cleanlab_implementation_
             det["cleanlab (d)"].append(detection(cleanlab_model.label_issue_mask_[unlabeled],
@@ -145,8 +184,12 @@ def run_dataset(dataset: str, args, encoder) -> tuple[list[dict], list[dict], di
             mean = {key: float(np.mean([r[key] for r in per_seed[name]]))
                     for key in ("accuracy", "balanced_accuracy", "ece", "auroc")}
             extra = {}
+            if name == "(e) SLM noisy":
+                extra = {"teacher": teacher.name}
             if name == "(f) blend":
-                extra = {"weights": "/".join(f"{np.mean([r['weights'][i] for r in per_seed[name]]):.2f}" for i in (0, 1)),
+                extra = {**{key: float(np.mean([r[key] for r in per_seed[name]]))
+                            for key in ("ece_floor", "ece_blend_top", "auroc_blend_top")},
+                         "weights": "/".join(f"{np.mean([r['weights'][i] for r in per_seed[name]]):.2f}" for i in (0, 1)),
                          "calibration": ",".join(sorted({r["calibration"] for r in per_seed[name]}))}
             rows.append({"dataset": dataset, "k": k, "row": name, **mean, **extra})
         for name, values in det.items():
@@ -157,11 +200,13 @@ def run_dataset(dataset: str, args, encoder) -> tuple[list[dict], list[dict], di
         rows[-2]["fit_s"] = float(np.mean(fit_seconds))  # on the (f) row: (e)'s fit time incl. cross-fitting
     info = {"dataset": dataset, "n_train": n_train, "n_test": int(len(test)), "encoder_id": encoder.encoder_id,
             "llm_train_accuracy": float((~llm_train_wrong).mean()), "raw_read_out": raw_read_out,
+            "teacher": teacher.name, "teacher_consistency": teacher.consistency,
+            "teacher_train_accuracy": float((teacher_train.argmax(axis=1) == gold_train).mean()),
             "cleanlab_implementation": cleanlab_implementation}
     return rows, detections, info
 
 
-def goals(rows: list[dict]) -> list[dict]:
+def goals(rows: list[dict], raw_auroc: dict[str, float]) -> list[dict]:
     """The issue's goals per dataset, from the table rows."""
     out = []
     for dataset in sorted({r["dataset"] for r in rows}):
@@ -177,6 +222,10 @@ def goals(rows: list[dict]) -> list[dict]:
             result[f"gap_closed_k{k}"] = closed
             result[f"gap_goal_k{k}_met"] = bool(closed >= share)
             result[f"f_minus_a_bal_k{k}"] = get(k, "(f) blend", "balanced_accuracy") - get(k, "(a) LLM", "balanced_accuracy")
+        if any(r["k"] == 0 and r["dataset"] == dataset for r in rows):
+            result["f_auroc_k0"] = get(0, "(f) blend", "auroc")
+            result["raw_read_out_auroc"] = raw_auroc[dataset]
+            result["k0_ranks_at_least_raw"] = bool(result["f_auroc_k0"] >= raw_auroc[dataset])
         ks = sorted({r["k"] for r in rows if r["dataset"] == dataset})
         result["e_beats_d_everywhere"] = all(get(k, "(e) SLM noisy") > get(k, "(d) SLM cleanlab") for k in ks)
         result["f_best_everywhere"] = all(
@@ -188,6 +237,7 @@ def goals(rows: list[dict]) -> list[dict]:
             result["f_plus10_k200_met"] = bool(result["f_minus_a_bal_k200"] >= 0.10)
             result["f_ece_k200"] = get(200, "(f) blend", "ece")
             result["f_ece_k200_met"] = bool(result["f_ece_k200"] <= 0.03)
+            result["f_ece_floor_k200"] = get(200, "(f) blend", "ece_floor")
         out.append(result)
     return out
 
@@ -226,7 +276,7 @@ def main() -> None:
                     f"{info['llm_train_accuracy']:.3f}; {info['encoder_id']})", dataset_rows)
         print_table(f"'LLM label wrong' detection on {dataset} (train tasks without a human label)",
                     dataset_detections)
-    goal_rows = goals(rows)
+    goal_rows = goals(rows, {info["dataset"]: info["raw_read_out"]["auroc"] for info in infos})
     print_table("Goals", goal_rows)
     write_results("slm", {"ks": args.ks, "seeds": args.seeds, "encoder": args.encoder,
                           "rows": rows, "detection": detections, "goals": goal_rows, "datasets": infos})

@@ -12,6 +12,10 @@ if [ -z "${LABEL_STUDIO_URL:-}" ]; then
   trap 'kill -- -"$ls_pid" 2>/dev/null || true' EXIT
   export LABEL_STUDIO_URL LABEL_STUDIO_API_KEY=0123456789abcdef0123456789abcdef01234567
 fi
+# bench_slm and bench_learned_demos read cached LLM distributions and embeddings (1,000 project tasks +
+# 500 test texts per set): filled here once (slow the first time), resumed and instant afterwards.
+.venv/bin/python -m benchmarks.slm_data llm
+.venv/bin/python -m benchmarks.slm_data embed
 for script in benchmarks/bench_*.py; do
   echo "=== $script"
   .venv/bin/python "$script"
