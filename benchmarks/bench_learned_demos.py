@@ -27,18 +27,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.common import print_table, write_results  # noqa: E402
-from benchmarks.slm_data import CONFIGS, DEFAULT_CACHE, load_llm_raw, scoring_order, texts_and_gold  # noqa: E402
-from ml_backend.metrics import auroc, balanced_accuracy, expected_calibration_error  # noqa: E402
+from benchmarks.bench_slm import CachedVectorsOnly, quality  # noqa: E402
+from benchmarks.slm_data import CONFIGS, DEFAULT_CACHE, _save_npz, load_llm_raw, scoring_order, texts_and_gold  # noqa: E402
 from training.demo_selection import select_learned_demos  # noqa: E402
 
 CHUNK = 25
-
-
-def quality(gold: np.ndarray, probabilities: np.ndarray) -> dict:
-    predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
-    correct = predicted == gold
-    return {"accuracy": float(correct.mean()), "balanced_accuracy": balanced_accuracy(gold, predicted),
-            "ece": expected_calibration_error(confidence, correct), "auroc": auroc(confidence, correct)}
 
 
 def scored_with_demos(scorer, target, texts: list[str], demos, path: Path, label: str) -> np.ndarray:
@@ -51,9 +44,7 @@ def scored_with_demos(scorer, target, texts: list[str], demos, path: Path, label
         batch = todo[start:start + CHUNK]
         raw = scorer.raw_probabilities(target, [scorer.task_text(texts[i]) for i in batch], demonstrations=demos)
         rows.update({f"t{i}": r for i, r in zip(batch, raw)})
-        temporary = path.with_name(path.name + ".tmp.npz")
-        np.savez(temporary, **rows)
-        temporary.replace(path)
+        _save_npz(path, **rows)
         done = start + len(batch)
         print(f"[demos] {label}: {done}/{len(todo)} scored ({done / (time.perf_counter() - started):.2f} tasks/s)",
               flush=True)
@@ -72,7 +63,6 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
 
-    from benchmarks.bench_slm import CachedVectorsOnly
     from ml_backend import bias_correction
     from ml_backend.config import Settings
     from ml_backend.encoders import EmbeddingCache, embed_texts, embeddinggemma_encoder_id
@@ -100,11 +90,11 @@ def main() -> None:
         a = bias_correction.prior_matching(raw_zero_shot, raw_zero_shot, anchor_probabilities=anchors)
         rows.append({"dataset": dataset, "k": 0, "row": "(a) LLM zero-shot", **quality(gold[test], a), "demos": ""})
         prompt_for_cost = None
+        lengths = np.array([len(texts[i]) for i in train])
         for k in [int(k) for k in args.ks.split(",")]:
             human = np.full(args.train, -1)
             chosen = np.random.default_rng(1000 + args.seed).choice(args.train, size=k, replace=False)
             human[chosen] = gold[train][chosen]
-            lengths = np.array([len(texts[i]) for i in train])
             picked = select_learned_demos(X_train, human, k=args.demos, lengths=lengths, seed=args.seed)
             demos = tuple(Demonstration(text=texts[i], labels=(target.options[human[i]].prompt_name,)) for i in picked)
             prompt_for_cost = prompt_for_cost or demos

@@ -50,13 +50,12 @@ from benchmarks.slm_data import (  # noqa: E402
     LLMCache,
     available_prefix,
     llm_path,
-    load_llm,
     load_llm_raw,
     texts_and_gold,
 )
 from ml_backend.metrics import auroc, balanced_accuracy, expected_calibration_error  # noqa: E402
 from ml_backend.review_priority import features as priority_features, priority  # noqa: E402
-from ml_backend.bias_correction import estimated_prior_bias  # noqa: E402
+from ml_backend.bias_correction import divide_out_prior, estimated_prior_bias  # noqa: E402
 from ml_backend.slm_model import nearest_centroid, restore_prior  # noqa: E402
 from training.llm_teacher import choose_llm_teacher  # noqa: E402
 from training.blend import BlendOptions, LLMSLMBlend  # noqa: E402
@@ -122,9 +121,9 @@ def run_dataset(dataset: str, args, encoder) -> tuple[list[dict], list[dict], di
     gold = np.array([label_names.index(g) for g in gold_names])
     n = len(texts)
     X = embed_texts(encoder, texts, embeddings).astype(np.float64)
-    llm = load_llm(args.cache_dir, dataset, texts)
     raw, anchors = load_llm_raw(args.cache_dir, dataset, texts)
-    label_bias = estimated_prior_bias(raw, anchors)  # what load_llm divided out: the cold start's label_bias
+    label_bias = estimated_prior_bias(raw, anchors)  # the cold start's label_bias
+    llm = divide_out_prior(raw, label_bias)  # = slm_data.load_llm, without reading the cache twice
     train, test = np.arange(n_train), np.arange(n_train, n)
     X_train, X_test, llm_train, llm_test = X[train], X[test], llm[train], llm[test]
     gold_train, gold_test = gold[train], gold[test]

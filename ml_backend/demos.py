@@ -9,8 +9,11 @@ prompt shows the model what each label looks like in this project's data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,15 @@ def select_self_labeled_demos(
     for candidates in per_label.values():
         candidates.sort(key=lambda c: -c.confidence)
 
-    chosen: list[DemoCandidate] = []
+    return round_robin(per_label, k)
+
+
+def round_robin(per_label: dict[int, list[T]], k: int) -> list[T]:
+    """Up to k items taken one label at a time, in the dict's label order, each label's list front
+    first: no label dominates the prompt's end. Consumes the lists."""
+    chosen: list[T] = []
     while len(chosen) < k and any(per_label.values()):
-        for label in range(n_labels):
-            if per_label[label] and len(chosen) < k:
-                chosen.append(per_label[label].pop(0))
+        for items in per_label.values():
+            if items and len(chosen) < k:
+                chosen.append(items.pop(0))
     return chosen

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ml_backend.demos import k_medoids
+from ml_backend.demos import k_medoids, round_robin
 
 
 def select_learned_demos(embeddings: np.ndarray, labels: np.ndarray, *, k: int = 8, lengths: np.ndarray | None = None,
@@ -44,9 +44,4 @@ def select_learned_demos(embeddings: np.ndarray, labels: np.ndarray, *, k: int =
         remaining -= share
         rows = k_medoids(vectors[members], share, seed=seed) if share > 0 else []
         per_label[label] = [int(members[r]) for r in rows]
-    chosen: list[int] = []
-    while len(chosen) < k and any(per_label.values()):
-        for label in present:
-            if per_label[label] and len(chosen) < k:
-                chosen.append(per_label[label].pop(0))
-    return chosen
+    return round_robin({label: per_label[label] for label in present}, k)

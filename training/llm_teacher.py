@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ml_backend.metrics import balanced_accuracy
 from ml_backend.slm_model import restore_prior
 from training.noisy_labels import out_of_fold_probabilities
 
@@ -42,17 +43,16 @@ class LLMTeacher:
 
 def label_consistency(X: np.ndarray, probabilities: np.ndarray, *, seed: int = 0) -> float:
     """Macro recall over all labels with which an out-of-fold head on ``X`` recovers the argmax labels."""
-    X = np.asarray(X, dtype=np.float64)
-    labels = np.asarray(probabilities).argmax(axis=1)
-    n_classes = np.asarray(probabilities).shape[1]
+    X, probabilities = np.asarray(X, dtype=np.float64), np.asarray(probabilities)
+    labels, n_classes = probabilities.argmax(axis=1), probabilities.shape[1]
     if len(labels) > MAX_ROWS:
         rows = np.random.default_rng(seed).choice(len(labels), size=MAX_ROWS, replace=False)
         X, labels = X[rows], labels[rows]
     if len(np.unique(labels)) < 2:
         return 1.0 / n_classes  # one label for everything: what a constant guess recovers
     predicted = out_of_fold_probabilities(X, labels, n_classes, n_folds=CONSISTENCY_FOLDS, seed=seed).argmax(axis=1)
-    recalls = [float((predicted[labels == c] == c).mean()) if (labels == c).any() else 0.0 for c in range(n_classes)]
-    return float(np.mean(recalls))
+    # balanced accuracy averages over the labels used; an unused label adds a recall of 0
+    return balanced_accuracy(labels, predicted) * len(np.unique(labels)) / n_classes
 
 
 def choose_llm_teacher(X: np.ndarray, corrected: np.ndarray, label_bias: np.ndarray | None, *,
