@@ -152,10 +152,36 @@ def cold_start_of(state: ProjectState, basis: str | None = None) -> dict[str, Co
         return {}
     learned = {}
     for from_name, entry in stored.get("targets", {}).items():
-        learned[from_name] = ColdStart(
-            demonstrations=tuple(
-                Demonstration(text=d["text"], labels=tuple(d["labels"])) for d in entry.get("demonstrations", [])
-            ),
-            label_bias=tuple(entry["label_bias"]) if entry.get("label_bias") else None,
-        )
+        learned[from_name] = _cold_start_entry(entry)
     return learned
+
+
+def _cold_start_entry(entry: dict[str, Any]) -> ColdStart:
+    return ColdStart(
+        demonstrations=tuple(
+            Demonstration(text=d["text"], labels=tuple(d["labels"])) for d in entry.get("demonstrations", [])
+        ),
+        label_bias=tuple(entry["label_bias"]) if entry.get("label_bias") else None,
+    )
+
+
+def active_learned_demos(state: ProjectState, basis: str) -> dict[str, Any] | None:
+    """Round two's prompt, when it serves: demonstrations chosen from the human labels
+    (`training.learned_demos`), adopted, and learned for this basis (config, instruction,
+    demonstration count). Only what changes the prompt (target, demonstrations, label bias),
+    never the evaluation's figures: a rejected evaluation must leave the model version as it is,
+    because a new LLM prompt means every task scored again."""
+    record = state.learned_demos
+    if not isinstance(record, dict) or record.get("basis") != basis or not record.get("adopted"):
+        return None
+    demonstrations = record.get("demonstrations")
+    if not isinstance(record.get("target"), str) or not isinstance(demonstrations, list) or not demonstrations:
+        return None
+    return {"target": record["target"], "demonstrations": demonstrations, "label_bias": record.get("label_bias")}
+
+
+def with_learned_demos(learned: dict[str, ColdStart], active: dict[str, Any] | None) -> dict[str, ColdStart]:
+    """The cold start's results with round two's prompt in place of its target's self-labeled one."""
+    if active is None:
+        return learned
+    return {**learned, active["target"]: _cold_start_entry(active)}

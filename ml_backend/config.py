@@ -228,6 +228,14 @@ class Settings(BaseSettings):
     slm_encoder_dir: Path | None = Field(
         None, description="Where `make encoders` assembled EmbeddingGemma (default: CACHE_DIR/encoders)."
     )
+    learned_demos: bool = Field(
+        True, description="Training tries demonstrations chosen from the human labels in the LLM prompt and adopts "
+        "them when they beat the serving prompt on held-out human labels (then every task is scored again).",
+    )
+    learned_demos_min_labels: int = Field(
+        30, ge=8, description="Human-labeled tasks before round two's demonstrations are first evaluated "
+        "(again each time the count has doubled).",
+    )
     ner_demonstrations: int = Field(
         3, ge=0, le=8, description="NER projects: annotated examples nearest to a task shown in its prompt (0 = zero-shot)."
     )

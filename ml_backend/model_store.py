@@ -57,6 +57,8 @@ class ProjectState:
     label_studio_url: str | None = None  # /setup's hostname, when LABEL_STUDIO_URL is not set
     label_studio_token: str | None = field(default=None, repr=False)  # /setup's access_token, when LABEL_STUDIO_API_KEY is not set
     slm_version: str | None = None  # the trained small model serving this project (training loop)
+    # round two: demonstrations chosen from the human labels and their last evaluation (`training.learned_demos`)
+    learned_demos: dict[str, Any] | None = None
     # per-project settings from the connection's extra params (`project_settings`), e.g. {"training_auto": False}
     project_settings: dict[str, Any] = field(default_factory=dict)
     revision: int = 0  # bumped by every write: tells two copies of the state apart
@@ -96,6 +98,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "label_studio_url": (str, type(None)),
     "label_studio_token": (str, type(None)),
     "slm_version": (str, type(None)),
+    "learned_demos": (dict, type(None)),
     "project_settings": (dict,),
     "revision": (int,),
 }

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml_backend.cold_start import (
+    active_learned_demos,
     cold_start_basis,
     cold_start_of,
     cold_start_targets,
     stored_basis,
+    with_learned_demos,
 )
 from ml_backend.config import Settings
 from ml_backend.errors import BadRequest
@@ -89,17 +91,36 @@ class Profiles:
         stored = state.cold_start or {}
         return stored if stored.get("basis") == self.cold_start_basis(state, spec) else {}
 
+    def learned_demos(self, state: ProjectState, spec: LabelSpec) -> dict[str, Any] | None:
+        """Round two's demonstrations, when adopted for this config and instruction. A prompt
+        variant chosen on a dev set (`cli choose-prompt`) wins: it was chosen for the cold start's prompt."""
+        if stored_variant(state) is not None:
+            return None
+        return active_learned_demos(state, self.cold_start_basis(state, spec))
+
+    def learned_demos_record(self, state: ProjectState, spec: LabelSpec) -> dict[str, Any] | None:
+        """The serving round-two prompt with its basis, as a trained version records it (None: the
+        cold start's prompt serves)."""
+        active = self.learned_demos(state, spec)
+        return None if active is None else {"basis": self.cold_start_basis(state, spec), **active}
+
     def needs_cold_start(self, state: ProjectState, spec: LabelSpec) -> bool:
         """True when the cold start would change predictions and has not run for this config."""
         wanted = self.settings.demonstrations > 0 or self.settings.bias_calibration == "prior_matching"
         return wanted and bool(cold_start_targets(spec)) and stored_basis(state) != self.cold_start_basis(state, spec)
+
+    def prompt_fingerprint(self, state: ProjectState, spec: LabelSpec) -> dict[str, Any]:
+        """What the cold start and round two put in the prompt (part of the model version)."""
+        current = self.current_cold_start(state, spec)
+        learned = self.learned_demos(state, spec)
+        return current if learned is None else {**current, "learned_demos": learned}
 
     def version(self, state: ProjectState, spec: LabelSpec) -> str:
         return model_version(
             self.model_name,
             spec,
             self.options(state),
-            cold_start=self.current_cold_start(state, spec),
+            cold_start=self.prompt_fingerprint(state, spec),
             variant=stored_variant(state),
             counter=state.version_counter,
         )
@@ -119,7 +140,8 @@ class Profiles:
             state=state,
             spec=spec,
             options=self.options(state),
-            cold_start=variant_cold_start(learned, stored_variant(state)),
+            cold_start=with_learned_demos(variant_cold_start(learned, stored_variant(state)),
+                                          self.learned_demos(state, spec)),
             version=self.version(state, spec),
             cold_start_due=self.needs_cold_start(state, spec),
         )

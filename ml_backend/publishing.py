@@ -18,7 +18,7 @@ from ml_backend.errors import UnsupportedConfig
 from ml_backend.label_config import LabelSpec, parse_label_config
 from ml_backend.model_store import ModelStore, ProjectState, is_label_studio_project
 from ml_backend.profile import Profiles
-from ml_backend.slm_model import list_versions
+from ml_backend.slm_model import list_versions, serving_manifest
 
 if TYPE_CHECKING:
     from ml_backend.preannotate import BulkPreannotation
@@ -110,8 +110,14 @@ class Publisher:
             to = older[-1]
         if to not in kept:
             raise ValueError(f"project {project_key} has no SLM version {to!r} (kept: {', '.join(kept) or 'none'})")
-        version = self.publish_new_version(project_key, lambda state: setattr(state, "slm_version", to),
-                                           reason="slm_rollback")
+        manifest = serving_manifest(self.store.project_dir(project_key), to) or {}
+
+        def switch(state: ProjectState) -> None:
+            state.slm_version = to
+            if "learned_demos" in manifest:  # the LLM prompt that version learned under serves again
+                state.learned_demos = restored_learned_demos(state.learned_demos, manifest["learned_demos"])
+
+        version = self.publish_new_version(project_key, switch, reason="slm_rollback")
         log.info("event=slm_rollback project=%s slm_version=%s model_version=%s", project_key, to, version)
         return to, version
 
@@ -127,3 +133,18 @@ class Publisher:
                     state.triggered_version = None
 
             self.store.update(project_key, forget)
+
+
+def restored_learned_demos(current: dict[str, Any] | None, prompt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The project's round-two record with the prompt a version learned under (`prompt`: its
+    manifest's `learned_demos`, None for the cold start's prompt); when the last evaluation ran
+    is kept, so a rollback does not bring on a new evaluation."""
+    record = dict(current or {})
+    if prompt is None:
+        if not record:
+            return None
+        record.update(adopted=False, demonstrations=[], label_bias=None)
+        return record
+    record.update(adopted=True, basis=prompt["basis"], target=prompt["target"],
+                  demonstrations=prompt["demonstrations"], label_bias=prompt.get("label_bias"))
+    return record

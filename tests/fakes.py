@@ -192,3 +192,23 @@ class RecordingRunner(JobRunner):
 
     def job_status(self, job_id):
         return {"id": job_id, "status": "queued"}
+
+
+def connected_loop(settings, runtime, texts: list[str], *, project: str, label_config: str, **overrides: Any):
+    """The learning loop in one process, connected: the app with its in-process runner, the fake
+    `runtime`, the keyword encoder and an in-memory Label Studio holding `texts`; `/setup` done and
+    its first pre-annotation finished. `overrides`: settings for the test (the loop's defaults
+    pre-annotate automatically, never retry, and train after 5 annotations).
+    Returns (test client, services, fake Label Studio)."""
+    from ml_backend.app import create_app
+    from ml_backend.wiring import build_services
+
+    settings = settings.model_copy(update={"preannotate_auto": True, "job_retries": 0, "preannotate_first_page": 0,
+                                           "train_min_new_annotations": 5, **overrides})
+    fake = FakeLabelStudio.with_texts(texts)
+    services = build_services(settings, runtime_loader=lambda: runtime, client_factory=lambda state: fake,
+                              encoder_loader=lambda name: KeywordEncoder())
+    client = create_app(services=services).test_client()
+    client.post("/setup", json={"project": project, "schema": label_config})
+    assert services.runner.wait_idle(30)
+    return client, services, fake

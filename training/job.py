@@ -9,6 +9,10 @@ thread runs it with the composition root's services. One run, stage by stage:
     llm        the LLM's distribution of every task: cached ones (`ml_backend.llm_cache`, filled
                by pre-annotation and /predict) are reused; only missing tasks are scored, in batches
     embed      frozen-encoder embeddings (cached on disk per text: the expensive part, once per task)
+    demos      round two (`training.learned_demos`): with enough new human labels, demonstrations
+               picked from them are compared, cross-fitted on the human-labeled tasks, with the
+               serving prompt; adopted only when clearly better, and then
+    llm_rescore  every task is scored again under the new prompt (its cost logged first)
     fit        which LLM distribution to learn from (`training.llm_teacher`: bias-corrected, or the
                read-out itself where that is clearly more consistent with the embeddings);
                noisy-label SLM (`SLMClassifier`, method "noisy") on LLM labels + human labels; the
@@ -16,7 +20,7 @@ thread runs it with the composition root's services. One run, stage by stage:
                the text clusters and the queue's P(correct) model (`fit_queue_priority`)
     save       `MODEL_DIR/<project>/slm/<version>/` written to a temporary directory and renamed:
                a crash leaves the previous version serving
-    publish    `ProjectState.slm_version` and the version counter in one atomic update; the
+    publish    `ProjectState.slm_version` (and round two's record) and the version counter in one atomic update; the
                pre-annotation job then rewrites every unlabeled task under the new model_version
 
 A failure at any stage records `last_error` and re-raises (the runner retries); the previous
@@ -25,6 +29,7 @@ version keeps serving because nothing switches before `publish`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -42,8 +47,9 @@ from ml_backend.llm.priority import background_work
 from ml_backend.llm_cache import LLMDistributionCache
 from ml_backend.ls_client import ProjectClient, TaskRecord, describe_failure
 from ml_backend.model_store import ModelStore, ProjectState
-from ml_backend.predictor import target_text
+from ml_backend.predictor import ColdStart, target_text
 from ml_backend.profile import Profiles, ProjectProfile
+from ml_backend.prompt_choice import stored_variant
 from ml_backend.publishing import Publisher
 from ml_backend.refinement import Encoders
 from ml_backend.retraining import FORCE_EVENT, TrainingStatus
@@ -54,6 +60,7 @@ from ml_backend.review_priority import features as priority_features
 from ml_backend.versioning import llm_version
 from training.annotations import annotations_fingerprint, combine_annotations, human_annotations
 from training.blend import LLMSLMBlend
+from training.learned_demos import evaluate_learned_demos, evaluation_due, learned_prompt
 from training.llm_teacher import LLMTeacher, choose_llm_teacher
 from training.ner_examples import examples_of, save_ner_examples
 from training.slm import SLMClassifier
@@ -182,17 +189,21 @@ class TrainingRun:
         human_labels = np.array([h.label if h is not None else -1 for h in human], dtype=int)
         llm_probabilities = self._llm_distributions(profile, target, tasks, texts)
         embeddings = self._embed(texts)
+        round_two = self._round_two(state, profile, target, tasks, texts, embeddings, human_labels, llm_probabilities)
+        if round_two.profile is not None:  # adopted: the new prompt's distributions are what the SLM learns from
+            profile, llm_probabilities = round_two.profile, round_two.llm_probabilities
         teacher = choose_llm_teacher(embeddings, llm_probabilities, applied_label_bias(profile, target))
         slm, blend, metrics = self._fit(embeddings, teacher.probabilities, human_labels, labels)
         queue = fit_queue_priority(embeddings, teacher.probabilities, slm.oof_probabilities_, human_labels, blend)
         metrics.update(queue.metrics)
+        metrics.update(round_two.metrics)
         metrics.update({"llm_teacher_uncorrected": float(teacher.prior is not None),
                         **{f"llm_consistency_{name}": value for name, value in teacher.consistency.items()}})
         log.info("event=training_llm_teacher project=%s teacher=%s consistency=%s", self.project_key, teacher.name,
                  ",".join(f"{name}:{value:.3f}" for name, value in teacher.consistency.items()) or "-")
         version = self._save(slm, blend, metrics, profile, target, human, fingerprint, len(tasks), annotations_total,
                              queue, teacher)
-        model_version = self._publish(version)
+        model_version = self._publish(version, learned_demos=round_two.record)
         return {"slm_version": version, "model_version": model_version, "metrics": metrics,
                 "tasks": len(tasks), "human_labels": int((human_labels >= 0).sum()), "timings_s": self.timings}
 
@@ -244,7 +255,7 @@ class TrainingRun:
                 and manifest.get("llm_version") == llm_version(profile.version))
 
     def _llm_distributions(self, profile: ProjectProfile, target: Target, tasks: list[TaskRecord],
-                           texts: list[str]) -> np.ndarray:
+                           texts: list[str], *, stage: str = "llm") -> np.ndarray:
         """Every task's LLM distribution: from the cache, scoring only the missing ones (the
         scoring path records what it computes in the same cache)."""
         started = time.perf_counter()
@@ -253,19 +264,76 @@ class TrainingRun:
         pairs = [(task.id, text) for task, text in zip(tasks, texts)]
         known = cache.get_many(self.project_key, prompt_version, target.from_name, pairs)
         missing = [task for task in tasks if task.id not in known]
-        log.info("event=training_llm project=%s cached=%d to_score=%d", self.project_key, len(known), len(missing))
+        log.info("event=training_llm project=%s stage=%s cached=%d to_score=%d", self.project_key, stage, len(known),
+                 len(missing))
         for start in range(0, len(missing), LLM_BATCH):
             check_deadline()
-            self._stage("llm", start, len(missing))
+            self._stage(stage, start, len(missing))
             with background_work():
                 self.context.inference.score_tasks(profile, [task.as_task() for task in missing[start:start + LLM_BATCH]])
         known = cache.get_many(self.project_key, prompt_version, target.from_name, pairs)
         absent = [task.id for task in tasks if task.id not in known]
         if absent:
             raise RuntimeError(f"the LLM gave no distribution for {len(absent)} tasks (first: {absent[:5]})")
-        self._stage("llm", len(missing), len(missing))
-        self.timings["llm"] = round(time.perf_counter() - started, 2)
+        self._stage(stage, len(missing), len(missing))
+        self.timings[stage] = round(time.perf_counter() - started, 2)
         return np.stack([known[task.id] for task in tasks])
+
+    def _round_two(self, state: ProjectState, profile: ProjectProfile, target: Target, tasks: list[TaskRecord],
+                   texts: list[str], embeddings: np.ndarray, human_labels: np.ndarray,
+                   llm_probabilities: np.ndarray) -> "RoundTwo":
+        """CORAL round two (`training.learned_demos`): evaluate demonstrations picked from the human
+        labels against the serving prompt; if adopted, score every task again under the new prompt."""
+        settings = self.context.settings
+        k = settings.demonstrations
+        if not settings.learned_demos or k == 0 or stored_variant(state) is not None:
+            return RoundTwo()  # off, a zero-shot prompt chosen, or a prompt variant chosen by hand
+        basis = self.context.profiles.cold_start_basis(state, profile.spec)
+        why_not = evaluation_due(state.learned_demos, basis=basis, target=target.from_name, human_labels=human_labels,
+                                 n_labels=len(target.result_values), min_labels=settings.learned_demos_min_labels)
+        if why_not is not None:
+            log.info("event=training_learned_demos project=%s decision=not_evaluated reason=%r", self.project_key, why_not)
+            return RoundTwo()
+        started = time.perf_counter()
+        serving = profile.cold_start.get(target.from_name, ColdStart())
+        scorer = self.context.inference.scorer(profile.options)
+        self._stage("demos", 0, 0)
+        with background_work():
+            evaluation = evaluate_learned_demos(
+                scorer, target, texts, embeddings, human_labels, llm_probabilities, k=k,
+                serving_demo_texts={d.text for d in serving.demonstrations},
+                progress=lambda done, total: self._stage("demos", done, total))
+        n_human = int((human_labels >= 0).sum())
+        record = {"basis": basis, "target": target.from_name, "evaluated_labels": n_human,
+                  "evaluation": {**evaluation.as_dict(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+        metrics = {"learned_demos_evaluated": float(evaluation.n_eval), "learned_demos_adopted": float(evaluation.adopt),
+                   "learned_demos_bal_acc_serving": evaluation.balanced_accuracy_serving,
+                   "learned_demos_bal_acc_learned": evaluation.balanced_accuracy_learned,
+                   "learned_demos_p_value": evaluation.p_value}
+        rescore_s = len(tasks) * evaluation.seconds_per_task
+        log.info("event=training_learned_demos project=%s decision=%s reason=%r n_eval=%d bal_acc_serving=%.3f "
+                 "bal_acc_learned=%.3f wins=%d losses=%d p=%.3f seconds=%.1f rescore_tasks=%d rescore_estimate_s=%.0f",
+                 self.project_key, "adopted" if evaluation.adopt else "rejected", evaluation.reason, evaluation.n_eval,
+                 evaluation.balanced_accuracy_serving, evaluation.balanced_accuracy_learned, evaluation.wins,
+                 evaluation.losses, evaluation.p_value, evaluation.seconds, len(tasks) if evaluation.adopt else 0,
+                 rescore_s if evaluation.adopt else 0.0)
+        if not evaluation.adopt:  # the serving prompt stays (and so do earlier learned demonstrations)
+            kept = self.context.profiles.learned_demos(state, profile.spec)
+            prompt = ({"adopted": True, "demonstrations": kept["demonstrations"], "label_bias": kept["label_bias"]}
+                      if kept else {"adopted": False, "demonstrations": [], "label_bias": None})
+            self.timings["demos"] = round(time.perf_counter() - started, 2)
+            return RoundTwo(record={**record, **prompt}, metrics=metrics)
+        evaluated = np.array(sorted(evaluation.cross_fitted), dtype=int)
+        with background_work():
+            demo_rows, prompt = learned_prompt(scorer, target, texts, embeddings, human_labels, evaluated, k=k)
+        record = {**record, "adopted": True, **prompt}
+        self.timings["demos"] = round(time.perf_counter() - started, 2)
+        adopted = self.context.profiles.of_state(dataclasses.replace(state, learned_demos=record), profile.spec)
+        rescored = self._llm_distributions(adopted, target, tasks, texts, stage="llm_rescore")
+        for row in demo_rows:  # a task in its own prompt is no test: the blend sees its cross-fitted distribution
+            rescored[row] = evaluation.cross_fitted[row]
+        metrics["learned_demos_rescore_s"] = self.timings["llm_rescore"]
+        return RoundTwo(record=record, metrics=metrics, profile=adopted, llm_probabilities=rescored)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         started = time.perf_counter()
@@ -296,6 +364,8 @@ class TrainingRun:
             "target": target.from_name,
             "encoder": self.context.settings.slm_encoder,
             "llm_version": llm_version(profile.version),
+            # the prompt this version learned under, so a rollback serves that prompt again
+            "learned_demos": self.context.profiles.learned_demos_record(profile.state, profile.spec),
             "annotations_fingerprint": fingerprint,
             "blend": {"weights": blend_state["weights"], "calibration": blend_state["calibration"],
                       "human_labels": int(sum(h is not None for h in human)),
@@ -314,17 +384,33 @@ class TrainingRun:
         self._stage("save", 1, 1)
         return version
 
-    def _publish(self, version: str) -> str:
-        """Switch the project to the new version and re-annotate every task under a new model_version."""
+    def _publish(self, version: str, *, learned_demos: dict[str, Any] | None = None) -> str:
+        """Switch the project to the new version (and round two's prompt, when this run evaluated
+        it) and re-annotate every task under a new model_version."""
         context = self.context
-        model_version = context.publisher.publish_new_version(
-            self.project_key, lambda state: setattr(state, "slm_version", version), reason="slm_trained"
-        )
+
+        def switch(state: ProjectState) -> None:
+            state.slm_version = version
+            if learned_demos is not None:
+                state.learned_demos = learned_demos
+
+        model_version = context.publisher.publish_new_version(self.project_key, switch, reason="slm_trained")
         removed = prune_versions(context.store.project_dir(self.project_key), context.settings.slm_keep_versions,
                                  current=version)
         log.info("event=slm_published project=%s slm_version=%s model_version=%s pruned=%s",
                  self.project_key, version, model_version, ",".join(removed) or "-")
         return model_version
+
+
+@dataclass(frozen=True)
+class RoundTwo:
+    """What round two decided this run: the record to store (None: not evaluated), its metrics, and
+    when adopted the profile with the new prompt and every task's distribution under it."""
+
+    record: dict[str, Any] | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    profile: ProjectProfile | None = None
+    llm_probabilities: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

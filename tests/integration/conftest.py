@@ -115,3 +115,12 @@ def redis_url(tmp_path_factory):
     wait_until(answers, timeout=20, what="redis-server", process=process)
     yield url
     stop(process)
+
+
+@pytest.fixture(scope="session")
+def embeddinggemma():
+    """The real default SLM encoder, as `make encoders` prepared it (under CI a missing one fails)."""
+    from ml_backend.encoders import embeddinggemma_dir, embeddinggemma_ready, load_encoder
+
+    require(embeddinggemma_ready(), f"EmbeddingGemma-300M is not prepared in {embeddinggemma_dir()}: run `make encoders`")
+    return load_encoder("embeddinggemma")

@@ -3,8 +3,6 @@ multilingual, and each text encoded once thanks to the embedding cache."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -12,22 +10,14 @@ from ml_backend.encoders import (
     EmbeddingCache,
     EncodeStats,
     embed_texts,
-    embeddinggemma_dir,
-    embeddinggemma_ready,
-    load_encoder,
 )
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    if not embeddinggemma_ready():
-        message = f"EmbeddingGemma-300M is not prepared in {embeddinggemma_dir()}: run `make encoders`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return load_encoder("embeddinggemma")
+def encoder(embeddinggemma):  # the session's EmbeddingGemma (tests/integration/conftest.py)
+    return embeddinggemma
 
 
 def test_embeddings_are_deterministic_normalised_and_cached(encoder, tmp_path):

@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_backend.app import create_app
 from ml_backend.auto_accept import (AUTO_ACCEPT_EMAIL, AutoAccept, automatic_beside_human, resolve_threshold,
                                     select)
 from ml_backend.human_labels import AUTOMATIC_ACTION, annotations_fingerprint, combine_annotations, is_automatic
 from ml_backend.ls_client import TaskRecord
-from ml_backend.wiring import build_services
-from tests.fakes import FakeLabelStudio, KeywordEncoder
+from tests.fakes import FakeLabelStudio, connected_loop
 from tests.unit.test_training_loop import LABELS, PROJECT, SENTIMENT_EN, _annotate, _review
 
 
@@ -87,17 +85,9 @@ def test_the_threshold_is_fixed_or_chosen_from_the_reviewed_tasks():
 # --- the pass in the learning loop ---------------------------------------------------------------------
 @pytest.fixture
 def auto_loop(settings, keyword_runtime):
-    settings = settings.model_copy(update={
-        "preannotate_auto": True, "job_retries": 0, "demonstrations": 0, "bias_calibration": "none",
-        "preannotate_first_page": 0, "train_min_new_annotations": 5, "auto_accept_threshold": 0.5,
-    })
-    fake = FakeLabelStudio.with_texts([_review(i)[0] for i in range(80)])
-    services = build_services(settings, runtime_loader=lambda: keyword_runtime, client_factory=lambda state: fake,
-                              encoder_loader=lambda name: KeywordEncoder())
-    client = create_app(services=services).test_client()
-    client.post("/setup", json={"project": PROJECT, "schema": SENTIMENT_EN})
-    assert services.runner.wait_idle(30)
-    return client, services, fake
+    return connected_loop(settings, keyword_runtime, [_review(i)[0] for i in range(80)], project=PROJECT,
+                          label_config=SENTIMENT_EN, demonstrations=0, bias_calibration="none",
+                          auto_accept_threshold=0.5)
 
 
 def _automatic_tasks(fake: FakeLabelStudio) -> set[int]:
