@@ -228,9 +228,10 @@ class Settings(BaseSettings):
     slm_encoder_dir: Path | None = Field(
         None, description="Where `make encoders` assembled EmbeddingGemma (default: CACHE_DIR/encoders)."
     )
-    learned_demos: bool = Field(
-        True, description="Training tries demonstrations chosen from the human labels in the LLM prompt and adopts "
-        "them when they beat the serving prompt on held-out human labels (then every task is scored again).",
+    learned_demos: int = Field(
+        8, ge=0, le=32, description="Round two: demonstrations picked from the human labels that training "
+        "evaluates against the serving prompt and adopts only when they clearly win (then every task is "
+        "scored again); 0 = off.",
     )
     learned_demos_min_labels: int = Field(
         30, ge=8, description="Human-labeled tasks before round two's demonstrations are first evaluated "

@@ -285,9 +285,9 @@ class TrainingRun:
         """CORAL round two (`training.learned_demos`): evaluate demonstrations picked from the human
         labels against the serving prompt; if adopted, score every task again under the new prompt."""
         settings = self.context.settings
-        k = settings.demonstrations
-        if not settings.learned_demos or k == 0 or stored_variant(state) is not None:
-            return RoundTwo()  # off, a zero-shot prompt chosen, or a prompt variant chosen by hand
+        k = settings.learned_demos
+        if k == 0 or stored_variant(state) is not None:
+            return RoundTwo()  # off, or a prompt variant chosen by hand (`cli choose-prompt`) serves
         basis = self.context.profiles.cold_start_basis(state, profile.spec)
         why_not = evaluation_due(state.learned_demos, basis=basis, target=target.from_name, human_labels=human_labels,
                                  n_labels=len(target.result_values), min_labels=settings.learned_demos_min_labels)

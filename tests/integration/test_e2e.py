@@ -43,6 +43,7 @@ import requests
 from ml_backend.auto_accept import AUTO_ACCEPT_EMAIL
 from ml_backend.human_labels import is_automatic
 from ml_backend.ls_client import ProjectClient
+from ml_backend.versioning import llm_version
 from scripts import stack
 from tests.conftest import LABELING_CONFIGS, REPO_ROOT, load_jsonl, shared_path
 from tests.integration.annotators import annotate, sign_up_annotator
@@ -86,6 +87,9 @@ def e2e_stack(tmp_path, model_cache_dir) -> Iterator[stack.StackConfig]:
         "WORKER_MAINTENANCE_S": "5",
         "TRAIN_MIN_NEW_ANNOTATIONS": str(N_NER_ANNOTATED),
         "DEMONSTRATIONS": "0",  # the cold start is tested elsewhere; here it would only add a version
+        # Round two (learned demonstrations) is evaluated by the training run on the 12 human labels.
+        "LEARNED_DEMOS": "4",
+        "LEARNED_DEMOS_MIN_LABELS": str(N_ANNOTATED),
         "BIAS_CALIBRATION": "content_free",
     }
     env.pop("MODEL_DIR", None)
@@ -277,6 +281,11 @@ def test_the_whole_loop_on_the_stack(e2e_stack, tmp_path):
         (slm,) = requests.get(f"{backend}/versions", params={"project": project.id}, timeout=10).json()["slm_versions"]
         assert slm["current"] and slm["counts"]["human_labels"] == N_ANNOTATED
         assert "disagreement_rate" in slm["metrics"]
+        # Round two ran on the human-labeled tasks with the real LLM; its decision is the prompt served:
+        # adopted → a new LLM prompt (and every task scored under it, checked above), else the same one.
+        assert slm["metrics"]["learned_demos_evaluated"] == N_ANNOTATED
+        adopted = slm["metrics"]["learned_demos_adopted"] == 1.0
+        assert (llm_version(second) != llm_version(first)) == adopted, slm["metrics"]
 
     env = config.backend_env()  # the CLI on the stack: its Label Studio, Redis and model store
     with step(config, "the report as files and the queue re-applied from the command line"):

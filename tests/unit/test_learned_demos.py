@@ -138,7 +138,7 @@ def _review(i: int) -> tuple[str, str]:
 def _loop(settings, runtime):
     client, services, fake = connected_loop(settings, runtime, [_review(i)[0] for i in range(80)], project=PROJECT,
                                             label_config=SENTIMENT_EN, demonstrations=4, bias_calibration="none",
-                                            learned_demos_min_labels=16)
+                                            learned_demos=4, learned_demos_min_labels=16)
     cold = services.store.load(PROJECT).cold_start["targets"]["sentiment"]["demonstrations"]
     # Precondition: the cold start showed only texts the fake reads zero-shot (its confident ones).
     assert cold and not any(word in d["text"] for d in cold for word in InContextRuntime.WORDS)

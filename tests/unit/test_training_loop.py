@@ -165,8 +165,11 @@ def test_annotations_train_a_model_that_is_published_to_every_unlabeled_task(loo
     # the new version, and the review view once however many versions were published.
     assert all(isinstance(p["cluster"], int) for p in written.values())
     assert fake.sampling == "Uncertainty sampling" and fake.views == ["Review queue"]
-    # Every LLM distribution came from the cache: neither training nor the republication ran the LLM.
-    assert sum(call["n_tasks"] for call in keyword_runtime.calls) == scored_before
+    # Every LLM distribution came from the cache: neither training nor the republication ran the LLM,
+    # except round two's evaluation of learned demonstrations (rejected: this fake ignores its prompt).
+    assert not state.learned_demos["adopted"]
+    evaluated = state.learned_demos["evaluation"]["n_eval"]
+    assert sum(call["n_tasks"] for call in keyword_runtime.calls) == scored_before + evaluated
     # The SLM learned the words the LLM cannot read: the blend is right where the LLM alone was not.
     gold = {t: _review(t - 1)[1] for t in unlabeled}
     old = _latest(fake, before)
