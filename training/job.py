@@ -311,9 +311,10 @@ class TrainingRun:
                    "learned_demos_bal_acc_learned": evaluation.balanced_accuracy_learned,
                    "learned_demos_p_value": evaluation.p_value}
         rescore_s = len(tasks) * evaluation.seconds_per_task
-        log.info("event=training_learned_demos project=%s decision=%s reason=%r n_eval=%d bal_acc_serving=%.3f "
-                 "bal_acc_learned=%.3f wins=%d losses=%d p=%.3f seconds=%.1f rescore_tasks=%d rescore_estimate_s=%.0f",
-                 self.project_key, "adopted" if evaluation.adopt else "rejected", evaluation.reason, evaluation.n_eval,
+        log.info("event=training_learned_demos project=%s model_version=%s decision=%s reason=%r n_eval=%d "
+                 "bal_acc_serving=%.3f bal_acc_learned=%.3f wins=%d losses=%d p=%.3f seconds=%.1f rescore_tasks=%d "
+                 "rescore_estimate_s=%.0f", self.project_key, profile.version,
+                 "adopted" if evaluation.adopt else "rejected", evaluation.reason, evaluation.n_eval,
                  evaluation.balanced_accuracy_serving, evaluation.balanced_accuracy_learned, evaluation.wins,
                  evaluation.losses, evaluation.p_value, evaluation.seconds, len(tasks) if evaluation.adopt else 0,
                  rescore_s if evaluation.adopt else 0.0)
@@ -323,16 +324,24 @@ class TrainingRun:
                       if kept else {"adopted": False, "demonstrations": [], "label_bias": None})
             self.timings["demos"] = round(time.perf_counter() - started, 2)
             return RoundTwo(record={**record, **prompt}, metrics=metrics)
-        evaluated = np.array(sorted(evaluation.cross_fitted), dtype=int)
         with background_work():
-            demo_rows, prompt = learned_prompt(scorer, target, texts, embeddings, human_labels, evaluated, k=k)
-        record = {**record, "adopted": True, **prompt}
+            demo_rows, prompt = learned_prompt(scorer, target, texts, embeddings, human_labels,
+                                               np.array(sorted(evaluation.cross_fitted), dtype=int), k=k)
         self.timings["demos"] = round(time.perf_counter() - started, 2)
+        return self._adopt(state, profile, target, tasks, texts, {**record, "adopted": True, **prompt}, metrics,
+                           {row: evaluation.cross_fitted[row] for row in demo_rows})
+
+    def _adopt(self, state: ProjectState, profile: ProjectProfile, target: Target, tasks: list[TaskRecord],
+               texts: list[str], record: dict[str, Any], metrics: dict[str, float],
+               demo_rows: dict[int, np.ndarray]) -> "RoundTwo":
+        """The new prompt's profile and every task's distribution under it (`llm_rescore`). A
+        demonstration's own task is no test of the prompt that shows it: the blend sees its
+        cross-fitted distribution (`demo_rows`) instead."""
         adopted = self.context.profiles.of_state(dataclasses.replace(state, learned_demos=record), profile.spec)
         rescored = self._llm_distributions(adopted, target, tasks, texts, stage="llm_rescore")
-        for row in demo_rows:  # a task in its own prompt is no test: the blend sees its cross-fitted distribution
-            rescored[row] = evaluation.cross_fitted[row]
-        metrics["learned_demos_rescore_s"] = self.timings["llm_rescore"]
+        for row, distribution in demo_rows.items():
+            rescored[row] = distribution
+        metrics = {**metrics, "learned_demos_rescore_s": self.timings["llm_rescore"]}
         return RoundTwo(record=record, metrics=metrics, profile=adopted, llm_probabilities=rescored)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
