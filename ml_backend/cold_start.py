@@ -185,3 +185,19 @@ def with_learned_demos(learned: dict[str, ColdStart], active: dict[str, Any] | N
     if active is None:
         return learned
     return {**learned, active["target"]: _cold_start_entry(active)}
+
+
+def learned_demos_with_prompt(current: dict[str, Any] | None, prompt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A round-two record (`ProjectState.learned_demos`) serving `prompt` (as
+    `Profiles.learned_demos_record` gives it; None: the cold start's prompt), its evaluation
+    figures kept: what a rollback restores from a version's manifest, and what a rejected
+    evaluation keeps serving."""
+    record = dict(current or {})
+    if prompt is None:
+        if not record:
+            return None
+        record.update(adopted=False, demonstrations=[], label_bias=None)
+        return record
+    record.update(adopted=True, basis=prompt["basis"], target=prompt["target"],
+                  demonstrations=prompt["demonstrations"], label_bias=prompt.get("label_bias"))
+    return record

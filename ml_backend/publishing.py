@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
+from ml_backend.cold_start import learned_demos_with_prompt
 from ml_backend.config import Settings
 from ml_backend.errors import UnsupportedConfig
 from ml_backend.label_config import LabelSpec, parse_label_config
@@ -115,7 +116,7 @@ class Publisher:
         def switch(state: ProjectState) -> None:
             state.slm_version = to
             if "learned_demos" in manifest:  # the LLM prompt that version learned under serves again
-                state.learned_demos = restored_learned_demos(state.learned_demos, manifest["learned_demos"])
+                state.learned_demos = learned_demos_with_prompt(state.learned_demos, manifest["learned_demos"])
 
         version = self.publish_new_version(project_key, switch, reason="slm_rollback")
         log.info("event=slm_rollback project=%s slm_version=%s model_version=%s", project_key, to, version)
@@ -134,17 +135,3 @@ class Publisher:
 
             self.store.update(project_key, forget)
 
-
-def restored_learned_demos(current: dict[str, Any] | None, prompt: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The project's round-two record with the prompt a version learned under (`prompt`: its
-    manifest's `learned_demos`, None for the cold start's prompt); when the last evaluation ran
-    is kept, so a rollback does not bring on a new evaluation."""
-    record = dict(current or {})
-    if prompt is None:
-        if not record:
-            return None
-        record.update(adopted=False, demonstrations=[], label_bias=None)
-        return record
-    record.update(adopted=True, basis=prompt["basis"], target=prompt["target"],
-                  demonstrations=prompt["demonstrations"], label_bias=prompt.get("label_bias"))
-    return record

@@ -38,6 +38,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from ml_backend import keys
+from ml_backend.cold_start import learned_demos_with_prompt
 from ml_backend.config import Settings
 from ml_backend.inference import Inference
 from ml_backend.jobs import JobRunner, check_deadline, current_job_id
@@ -319,11 +320,9 @@ class TrainingRun:
                  evaluation.losses, evaluation.p_value, evaluation.seconds, len(tasks) if evaluation.adopt else 0,
                  rescore_s if evaluation.adopt else 0.0)
         if not evaluation.adopt:  # the serving prompt stays (and so do earlier learned demonstrations)
-            kept = self.context.profiles.learned_demos(state, profile.spec)
-            prompt = ({"adopted": True, "demonstrations": kept["demonstrations"], "label_bias": kept["label_bias"]}
-                      if kept else {"adopted": False, "demonstrations": [], "label_bias": None})
+            serving_prompt = self.context.profiles.learned_demos_record(state, profile.spec)
             self.timings["demos"] = round(time.perf_counter() - started, 2)
-            return RoundTwo(record={**record, **prompt}, metrics=metrics)
+            return RoundTwo(record=learned_demos_with_prompt(record, serving_prompt), metrics=metrics)
         with background_work():
             demo_rows, prompt = learned_prompt(scorer, target, texts, embeddings, human_labels,
                                                np.array(sorted(evaluation.cross_fitted), dtype=int), k=k)

@@ -64,7 +64,6 @@ class Evaluation:
     losses: int  # tasks only the serving prompt gets right
     p_value: float
     seconds: float = 0.0
-    tasks_scored: int = 0  # of the project's tasks (the anchor inputs besides them are short)
     cross_fitted: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # row → distribution
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,11 +72,12 @@ class Evaluation:
                 "balanced_accuracy_serving": round(self.balanced_accuracy_serving, 4),
                 "balanced_accuracy_learned": round(self.balanced_accuracy_learned, 4),
                 "wins": self.wins, "losses": self.losses, "p_value": round(self.p_value, 4),
-                "seconds": round(self.seconds, 1), "tasks_scored": self.tasks_scored}
+                "seconds": round(self.seconds, 1)}
 
     @property
     def seconds_per_task(self) -> float:
-        return self.seconds / max(1, self.tasks_scored)
+        """Per evaluated task (the anchor inputs scored besides them are short)."""
+        return self.seconds / max(1, self.n_eval)
 
 
 # --- pure: when, and whether ----------------------------------------------------------------------
@@ -189,7 +189,7 @@ def evaluate_learned_demos(scorer: LabelScorer, target: Target, texts: Sequence[
     learned = np.array([int(np.argmax(cross_fitted[int(r)])) for r in rows], dtype=int)
     adopt, reason, stats = decide(gold, np.argmax(serving[rows], axis=1), learned)
     return Evaluation(adopt=adopt, reason=reason, n_eval=len(rows), seconds=time.perf_counter() - started,
-                      tasks_scored=len(rows), cross_fitted=cross_fitted, **stats)
+                      cross_fitted=cross_fitted, **stats)
 
 
 def learned_prompt(scorer: LabelScorer, target: Target, texts: Sequence[str], embeddings: np.ndarray,

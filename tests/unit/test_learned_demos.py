@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ml_backend.cold_start import learned_demos_with_prompt
 from ml_backend.label_config import parse_label_config
 from ml_backend.llm_cache import LLMDistributionCache
 from ml_backend.model_store import ModelStore, ProjectState
 from ml_backend.profile import Profiles
-from ml_backend.publishing import restored_learned_demos
 from ml_backend.slm_model import load_served, versions_dir
 from ml_backend.versioning import llm_version
 from tests.conftest import LABELING_CONFIGS, KeywordRuntime
@@ -206,11 +206,11 @@ def test_demonstrations_that_win_are_adopted_and_every_task_is_scored_again(sett
 def test_a_rollback_restores_the_prompt_a_version_learned_under():
     current = {"basis": "b", "target": "sentiment", "adopted": True, "evaluated_labels": 40,
                "demonstrations": [{"text": "x", "labels": ["negative"]}], "label_bias": None}
-    assert restored_learned_demos(None, None) is None
-    assert restored_learned_demos(current, None) == {**current, "adopted": False, "demonstrations": []}
+    assert learned_demos_with_prompt(None, None) is None
+    assert learned_demos_with_prompt(current, None) == {**current, "adopted": False, "demonstrations": []}
     earlier = {"basis": "b", "target": "sentiment", "demonstrations": [{"text": "y", "labels": ["positive"]}],
                "label_bias": [0.5, 0.5]}
-    assert restored_learned_demos({**current, "adopted": False}, earlier) == {**current, **earlier}
+    assert learned_demos_with_prompt({**current, "adopted": False}, earlier) == {**current, **earlier}
 
 
 def test_demonstrations_that_do_not_win_cost_only_their_evaluation(settings):
