@@ -529,6 +529,7 @@ def version_summary(project_dir: Path, version: str) -> dict[str, Any]:
         "target": manifest.get("target"),
         "counts": manifest.get("counts", {}),
         "metrics": manifest.get("metrics", {}),
+        "labels_out_of_reach": manifest.get("labels_out_of_reach", []),
         "blend": {k: v for k, v in (manifest.get("blend") or {}).items() if k != "calibration"}
         | {"calibration": ((manifest.get("blend") or {}).get("calibration") or {}).get("method", "none")},
     }

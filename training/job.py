@@ -17,7 +17,8 @@ thread runs it with the composition root's services. One run, stage by stage:
                read-out itself where that is clearly more consistent with the embeddings);
                noisy-label SLM (`SLMClassifier`, method "noisy") on LLM labels + human labels; the
                LLM × SLM blend and the P(correct) calibration on the human labels, cross-fitted;
-               the text clusters and the queue's P(correct) model (`fit_queue_priority`)
+               the text clusters and the queue's P(correct) model (`fit_queue_priority`); labels
+               neither the LLM nor an annotator gave the SLM are logged with advice (`training.label_coverage`)
     save       `MODEL_DIR/<project>/slm/<version>/` written to a temporary directory and renamed:
                a crash leaves the previous version serving
     publish    `ProjectState.slm_version` (and round two's record) and the version counter in one atomic update; the
@@ -61,6 +62,7 @@ from ml_backend.review_priority import features as priority_features
 from ml_backend.versioning import llm_version
 from training.annotations import annotations_fingerprint, combine_annotations, human_annotations
 from training.blend import LLMSLMBlend
+from training.label_coverage import OutOfReach, labels_out_of_reach
 from training.learned_demos import evaluate_learned_demos, evaluation_due, learned_prompt
 from training.llm_teacher import LLMTeacher, choose_llm_teacher
 from training.ner_examples import examples_of, save_ner_examples
@@ -202,8 +204,10 @@ class TrainingRun:
                         **{f"llm_consistency_{name}": value for name, value in teacher.consistency.items()}})
         log.info("event=training_llm_teacher project=%s teacher=%s consistency=%s", self.project_key, teacher.name,
                  ",".join(f"{name}:{value:.3f}" for name, value in teacher.consistency.items()) or "-")
+        out_of_reach = self._labels_out_of_reach(profile, target, teacher, human_labels)
+        metrics["labels_out_of_reach"] = float(len(out_of_reach))
         version = self._save(slm, blend, metrics, profile, target, human, fingerprint, len(tasks), annotations_total,
-                             queue, teacher)
+                             queue, teacher, out_of_reach)
         model_version = self._publish(version, learned_demos=round_two.record)
         return {"slm_version": version, "model_version": model_version, "metrics": metrics,
                 "tasks": len(tasks), "human_labels": int((human_labels >= 0).sum()), "timings_s": self.timings}
@@ -343,6 +347,17 @@ class TrainingRun:
         metrics = {**metrics, "learned_demos_rescore_s": self.timings["llm_rescore"]}
         return RoundTwo(record=record, metrics=metrics, profile=adopted, llm_probabilities=rescored)
 
+    def _labels_out_of_reach(self, profile: ProjectProfile, target: Target, teacher: LLMTeacher,
+                             human_labels: np.ndarray) -> list[OutOfReach]:
+        """Labels neither the LLM nor an annotator gave the SLM (`training.label_coverage`), each
+        logged with what the user can do about it."""
+        found = labels_out_of_reach(teacher.probabilities, human_labels, target)
+        for item in found:
+            log.warning("event=training_label_out_of_reach project=%s model_version=%s label=%r llm_tasks=%d "
+                        "tasks=%d human_labels=0 advice=%r", self.project_key, profile.version, item.label,
+                        item.llm_tasks, item.tasks, item.advice())
+        return found
+
     def _embed(self, texts: list[str]) -> np.ndarray:
         started = time.perf_counter()
         self._stage("embed", 0, len(texts))
@@ -362,7 +377,7 @@ class TrainingRun:
 
     def _save(self, slm: SLMClassifier, blend: LLMSLMBlend, metrics: dict[str, float], profile: ProjectProfile,
               target: Target, human: list, fingerprint: str, n_tasks: int, annotations_total: int,
-              queue: "QueuePriority", teacher: LLMTeacher) -> str:
+              queue: "QueuePriority", teacher: LLMTeacher, out_of_reach: list[OutOfReach]) -> str:
         started = time.perf_counter()
         self._stage("save", 0, 1)
         project_dir = self.context.store.project_dir(self.project_key)
@@ -384,6 +399,7 @@ class TrainingRun:
                        "annotations_total": annotations_total,
                        "contested_tasks": int(sum(1 for h in human if h is not None and h.agreement < 1.0))},
             "metrics": metrics,
+            "labels_out_of_reach": [dataclasses.asdict(item) | {"advice": item.advice()} for item in out_of_reach],
             "trained_on_tasks": n_tasks,
             "priority": queue.model.as_dict(),
             "clusters": int(len(queue.centroids)),
