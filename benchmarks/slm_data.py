@@ -104,7 +104,7 @@ def llm_stage(datasets: list[str], n_train: int, n_test: int, cache_dir: Path, t
         target = parse_label_config((REPO_ROOT / "labeling_configs" / CONFIGS[dataset]).read_text()).targets[0]
         cache = LLMCache(llm_path(cache_dir, dataset))
         order = scoring_order(dataset, n_train, n_test)
-        if cache.anchors is None:
+        if not anchors_current(cache.anchors):  # none yet, or drawn with another DOMAIN_CONTEXT_INPUTS
             texts = [scorer.task_text(t) for t in order]
             anchors = list(bias_correction.CONTENT_FREE_INPUTS) + scorer.provider.domain_context_inputs(texts)
             cache.anchors = scorer.raw_probabilities(target, anchors)
@@ -147,7 +147,18 @@ def load_llm_raw(cache_dir: Path, dataset: str, texts: list[str]) -> tuple[np.nd
     from ml_backend.encoders import text_key
 
     cache = LLMCache(llm_path(cache_dir, dataset))
+    if not anchors_current(cache.anchors):
+        raise SystemExit(f"{cache.path}: its bias anchors are missing or were drawn with another "
+                         "DOMAIN_CONTEXT_INPUTS; run `python -m benchmarks.slm_data llm` to score them again")
     return np.stack([cache.rows[text_key(t)] for t in texts]), cache.anchors
+
+
+def anchors_current(anchors: np.ndarray | None) -> bool:
+    """Whether cached anchors are what the cold start scores now (content-free + domain-context inputs)."""
+    from ml_backend import bias_correction
+
+    expected = len(bias_correction.CONTENT_FREE_INPUTS) + bias_correction.DOMAIN_CONTEXT_INPUTS
+    return anchors is not None and len(anchors) == expected
 
 
 def load_llm(cache_dir: Path, dataset: str, texts: list[str]) -> np.ndarray:

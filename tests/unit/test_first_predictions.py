@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ml_backend import bias_correction
 from ml_backend.app import services_of
 from ml_backend.versioning import PROVISIONAL_SUFFIX
 from tests.conftest import LABELING_CONFIGS
@@ -113,7 +114,8 @@ def test_tasks_the_cold_start_scored_with_the_final_prompt_are_not_scored_again(
     assert scorer.memo_hits >= 40 + 10  # the cold start's sample (40) and the first page (pass 1)
     # first page 10 + demo pool (60 tasks → all 40 of the sample, first 10 remembered) + sample 40
     # + anchors + the 20 tasks outside the sample: never the sample a second time.
-    assert scored_rows < 10 + 30 + 40 + 20 + 40
+    anchors = len(bias_correction.CONTENT_FREE_INPUTS) + bias_correction.DOMAIN_CONTEXT_INPUTS
+    assert scored_rows < 10 + 30 + 40 + anchors + 20 + 40
 
 
 def test_a_rerun_after_a_crash_replaces_leftover_provisional_predictions(project):
