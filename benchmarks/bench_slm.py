@@ -28,6 +28,8 @@ served score; `ece_blend_top`/`auroc_blend_top`: the blend's own calibrated top)
 the same number of test tasks (outcomes drawn from the score itself), i.e. the sampling noise
 below which no ECE can be told apart from calibrated. "LLM label wrong" detection on the train tasks without a human
 label: precision/recall of (e)'s P(clean) < 0.5 vs cleanlab's flags. Seeds average k > 0 rows.
+`labels_out_of_reach_k0` per dataset: the labels a k = 0 run reports as out of the SLM's reach
+(`training.label_coverage`), with the AUROC of the LLM's probability of that label vs the gold label.
 Prints tables and writes benchmarks/results/slm.json.
 """
 
@@ -58,6 +60,8 @@ from ml_backend.review_priority import features as priority_features, priority  
 from ml_backend.bias_correction import divide_out_prior, estimated_prior_bias  # noqa: E402
 from ml_backend.slm_model import nearest_centroid, restore_prior  # noqa: E402
 from training.llm_teacher import choose_llm_teacher  # noqa: E402
+from training.label_coverage import labels_out_of_reach  # noqa: E402
+from ml_backend.label_config import parse_label_config  # noqa: E402
 from training.blend import BlendOptions, LLMSLMBlend  # noqa: E402
 from training.job import fit_queue_priority  # noqa: E402
 from ml_backend.encoders import EmbeddingCache, embed_texts  # noqa: E402
@@ -197,12 +201,28 @@ def run_dataset(dataset: str, args, encoder) -> tuple[list[dict], list[dict], di
                                "precision": float(np.mean([v["precision"] for v in values])),
                                "recall": float(np.mean([v["recall"] for v in values]))})
         rows[-2]["fit_s"] = float(np.mean(fit_seconds))  # on the (f) row: (e)'s fit time incl. cross-fitting
-    info = {"dataset": dataset, "n_train": n_train, "n_test": int(len(test)), "encoder_id": encoder.encoder_id,
+    info = {"dataset": dataset, "n_train": n_train, "labels_out_of_reach_k0": out_of_reach_k0(
+                dataset, label_names, teacher_train, raw[test], gold_test), "n_test": int(len(test)), "encoder_id": encoder.encoder_id,
             "llm_train_accuracy": float((~llm_train_wrong).mean()), "raw_read_out": raw_read_out,
             "teacher": teacher.name, "teacher_consistency": teacher.consistency,
             "teacher_train_accuracy": float((teacher_train.argmax(axis=1) == gold_train).mean()),
             "cleanlab_implementation": cleanlab_implementation}
     return rows, detections, info
+
+
+def out_of_reach_k0(dataset: str, label_names: list[str], teacher_train: np.ndarray, raw_test: np.ndarray,
+                    gold_test: np.ndarray) -> list[dict]:
+    """The labels a k = 0 run reports as out of reach (`training.label_coverage`), and whether the
+    LLM's read-out knows them at all: AUROC of its probability of the label vs "the gold label is it"
+    on the test texts (.5: no idea which texts they are, so no score can find them before a human label)."""
+    target = parse_label_config((REPO_ROOT / "labeling_configs" / CONFIGS[dataset]).read_text(encoding="utf-8"))
+    target = target.classification_targets[0]
+    found = labels_out_of_reach(teacher_train, np.full(len(teacher_train), -1), target)
+    return [{"label": item.label, "llm_tasks": item.llm_tasks, "tasks": item.tasks,
+             "gold_share_test": float((gold_test == label_names.index(item.label)).mean()),
+             "llm_auroc_test": auroc(raw_test[:, label_names.index(item.label)],
+                                     gold_test == label_names.index(item.label))}
+            for item in found]
 
 
 def goals(rows: list[dict], raw_auroc: dict[str, float]) -> list[dict]:
@@ -275,6 +295,8 @@ def main() -> None:
                     f"{info['llm_train_accuracy']:.3f}; {info['encoder_id']})", dataset_rows)
         print_table(f"'LLM label wrong' detection on {dataset} (train tasks without a human label)",
                     dataset_detections)
+        if info["labels_out_of_reach_k0"]:
+            print_table(f"Labels out of reach at k = 0 on {dataset}", info["labels_out_of_reach_k0"])
     goal_rows = goals(rows, {info["dataset"]: info["raw_read_out"]["auroc"] for info in infos})
     print_table("Goals", goal_rows)
     write_results("slm", {"ks": args.ks, "seeds": args.seeds, "encoder": args.encoder,

@@ -281,6 +281,8 @@ def test_the_whole_loop_on_the_stack(e2e_stack, tmp_path):
         (slm,) = requests.get(f"{backend}/versions", params={"project": project.id}, timeout=10).json()["slm_versions"]
         assert slm["current"] and slm["counts"]["human_labels"] == N_ANNOTATED
         assert "disagreement_rate" in slm["metrics"]
+        # The annotators used both labels, so the SLM can learn each (`training.label_coverage`).
+        assert slm["labels_out_of_reach"] == [] and slm["metrics"]["labels_out_of_reach"] == 0.0
         # Round two ran on the human-labeled tasks with the real LLM; its decision is the prompt served:
         # adopted → a new LLM prompt (and every task scored under it, checked above), else the same one.
         assert slm["metrics"]["learned_demos_evaluated"] == N_ANNOTATED
